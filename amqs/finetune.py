@@ -1,0 +1,123 @@
+"""``amqs-finetune``: fine-tune and evaluate the fp32 teacher of a GLUE task.
+
+    amqs-finetune data=sst2 train.epochs=1 train.lr=5e-5 data.max_length=64
+    amqs-finetune debug=smoke                       # tiny model, a few hundred rows, seconds
+    python -m amqs.finetune experiment=mrpc_teacher
+
+Writes ``results/teachers/<model>-<task>/``: ``model/`` (HF folder), ``metrics.json``,
+``config.yaml`` (resolved), ``train_log.jsonl``, and a row of ``results/teachers.csv``. A teacher
+already there with the same config is reused; a killed run resumes from ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from amqs.config import CONF_DIR, register_configs
+from amqs.data import get_task, load_glue, make_loader
+from amqs.models import load_classifier
+from amqs.train import evaluate, fit, seed_everything
+from amqs.utils.run import command_line, fingerprint, git_revision, save_config, upsert_csv, write_json
+
+log = logging.getLogger(__name__)
+
+TEACHER_COLUMNS = ("task", "model", "dev_accuracy", "dev_f1", "epochs", "train_examples", "max_length",
+                   "seconds", "command")
+
+
+def teacher_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.results_dir) / "teachers" / f"{cfg.model.name}-{cfg.data.task}"
+
+
+def teacher_fingerprint(cfg: DictConfig) -> str:
+    """What makes two teachers the same: model, data and optimisation, not logging or threads."""
+    train = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
+             if k not in ("checkpoint_every", "log_every", "num_threads", "progress", "eval_batch_size")}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("glue_dir")  # the same rows from the hub or a local copy
+    return fingerprint({"model": OmegaConf.to_container(cfg.model, resolve=True), "data": data, "train": train})
+
+
+def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
+    """Fine-tune (or reuse) the teacher described by ``cfg``; return its metrics."""
+    out = teacher_dir(cfg)
+    fp = teacher_fingerprint(cfg)
+    metrics_path = out / "metrics.json"
+    if metrics_path.exists() and not cfg.overwrite:
+        import json
+
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("config_hash") == fp:
+            log.info("reusing the teacher in %s (same config %s)", out, fp)
+            return metrics
+        raise FileExistsError(
+            f"{out} holds a teacher of another config ({metrics.get('config_hash')} != {fp}): "
+            "pass overwrite=true to replace it, or a different model.name"
+        )
+    ckpt = out / "checkpoint"
+    stamp = ckpt / "config_hash"
+    if ckpt.exists() and (cfg.overwrite or not stamp.exists() or stamp.read_text() != fp):
+        if not cfg.overwrite:
+            raise FileExistsError(f"{ckpt} is a checkpoint of another config: pass overwrite=true to discard it")
+        shutil.rmtree(ckpt)
+    if cfg.overwrite and metrics_path.exists():
+        metrics_path.unlink()
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+    task = get_task(cfg.data.task)
+    splits = load_glue(cfg.data)
+    train_ds = (datasets.concatenate_datasets([splits["train"], splits["search_val"]])
+                if cfg.train.use_search_val else splits["train"])
+    model, tokenizer = load_classifier(cfg.model, task.num_labels)
+    train_loader = make_loader(train_ds, tokenizer, max_length=cfg.data.max_length,
+                               batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+    dev_loader = make_loader(splits["dev"], tokenizer, max_length=cfg.data.max_length,
+                             batch_size=cfg.train.eval_batch_size, shuffle=False)
+    log.info("fine-tuning %s on %s: %d train rows, %d dev rows -> %s",
+             cfg.model.source, task.name, len(train_ds), len(splits["dev"]), out)
+    result = fit(model, train_loader, cfg.train, ckpt_dir=ckpt, log_file=out / "train_log.jsonl",
+                 device=cfg.device, desc=f"finetune {task.name}")
+    dev = evaluate(model, dev_loader, task.metrics, device=cfg.device)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    save_config(cfg, out / "config.yaml")
+    metrics = {
+        "task": task.name, "model": cfg.model.name, "source": cfg.model.source,
+        "dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_examples": dev["examples"],
+        "epochs": cfg.train.epochs, "train_rows": len(train_ds), "train_examples": result.train_examples,
+        "steps": result.steps, "max_length": cfg.data.max_length, "seconds": round(result.seconds, 1),
+        "threads": torch.get_num_threads(), "final_loss": result.final_loss, "config_hash": fp,
+        "git_revision": git_revision(), "command": command,
+    }
+    write_json(metrics_path, metrics)
+    shutil.rmtree(ckpt)
+    upsert_csv(Path(cfg.paths.results_dir) / "teachers.csv",
+               {k: metrics[k] for k in TEACHER_COLUMNS}, key=("task", "model"), columns=TEACHER_COLUMNS)
+    log.info("dev %s: %s", task.name, {k: v for k, v in dev.items()})
+    return metrics
+
+
+register_configs()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="finetune", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, command=command_line("amqs-finetune", HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Task metrics and batched evaluation.
+
+Example::
+
+    metrics = evaluate(model, dev_loader, ("accuracy", "f1"))  # {"accuracy": 0.89, "f1": 0.91, ...}
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    return (preds == labels).float().mean().item()
+
+
+def f1_binary(preds: torch.Tensor, labels: torch.Tensor, positive: int = 1) -> float:
+    """F1 of the positive class (GLUE's MRPC metric)."""
+    tp = ((preds == positive) & (labels == positive)).sum().item()
+    fp = ((preds == positive) & (labels != positive)).sum().item()
+    fn = ((preds != positive) & (labels == positive)).sum().item()
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+METRICS = {"accuracy": accuracy, "f1": f1_binary}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits and labels of ``loader`` (model put in eval mode)."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels.append(batch.pop("labels").cpu())
+        logits.append(model(**batch).logits.float().cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, metrics: Iterable[str], device: str = "cpu") -> dict[str, float]:
+    """The named metrics of ``model`` on ``loader``, plus ``examples``."""
+    logits, labels = predict(model, loader, device)
+    preds = logits.argmax(-1)
+    out = {name: METRICS[name](preds, labels) for name in metrics}
+    out["examples"] = len(labels)
+    return out

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from amqs.finetune import run
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_teacher_and_is_reused(smoke_cfg: DictConfig, tmp_path: Path) -> None:
+    metrics = run(smoke_cfg, command="test")
+    out = tmp_path / "teachers" / "bert-tiny-sst2"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics and 0.0 <= saved["dev_accuracy"] <= 1.0 and saved["dev_examples"] == 128
+    assert (out / "model" / "config.json").exists() and (out / "config.yaml").exists()
+    assert not (out / "checkpoint").exists()
+    rows = list(csv.DictReader((tmp_path / "teachers.csv").open()))
+    assert len(rows) == 1 and rows[0]["task"] == "sst2" and rows[0]["model"] == "bert-tiny"
+    mtime = (out / "metrics.json").stat().st_mtime
+    assert run(smoke_cfg) == metrics and (out / "metrics.json").stat().st_mtime == mtime  # reused
+
+    smoke_cfg.train.lr = 5e-4
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        run(smoke_cfg)
+
+
+@pytest.mark.slow
+def test_cli_smoke(tmp_path: Path, glue_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "amqs.finetune", "debug=smoke", "data=mrpc", f"paths.results_dir={tmp_path}",
+         f"data.glue_dir={glue_dir}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "teachers" / "bert-tiny-mrpc" / "metrics.json").read_text())
+    assert metrics["dev_f1"] is not None and metrics["command"].startswith("amqs-finetune debug=smoke data=mrpc")
+
+
+def test_cli_rejects_unknown_key(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "amqs.finetune", "debug=smoke", "train.epoch=2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "epoch" in proc.stderr
