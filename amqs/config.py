@@ -102,7 +102,60 @@ class FinetuneConfig:
     device: str = "cpu"
 
 
+@dataclass
+class QuantConfig:
+    """A fixed (uniform) quantization recipe: the baselines and the literature's recipes."""
+
+    name: str = "w8a8"  # method name in results tables
+    weight_bits: int = 8  # bits of every targeted Linear subgroup; 32 = not quantized
+    act_bits: Optional[int] = 8  # input activations of every quantized Linear; null = fp32
+    emb_bits: int = 8  # word/position/segment embeddings; 32 = not quantized
+    scheme: str = "minmax"  # weight quantizer: minmax | symmetric | lsq | twn
+    act_symmetric: bool = False
+    act_lsq: bool = False  # learned activation step (KDLSQ) instead of EMA ranges
+    act_momentum: float = 0.9  # EMA momentum of activation ranges (Q8BERT)
+    subgroups: int = 128  # subgroups (output-row blocks) per weight matrix, each with its own range
+    emb_subgroups: int = 1
+    # re.fullmatch patterns over module names; empty = amqs.quant.surgery's BERT defaults.
+    targets: list[str] = field(default_factory=list)
+    embedding_targets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DistillConfig:
+    """Loss = ce_weight·CE + kd_weight·T²·KL(teacher/T || student/T) + hidden_weight·ΣMSE(hidden)."""
+
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 1.0
+    hidden_weight: float = 0.0  # TernaryBERT-style hidden-state distillation
+
+
+@dataclass
+class TeacherConfig:
+    # HF folder of the fp32 teacher; the student starts from its weights.
+    source: str = "${paths.results_dir}/teachers/${model.name}-${data.task}/model"
+
+
+@dataclass
+class QatConfig:
+    """Root schema of ``amqs-qat``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    name: str = "${data.task}-${quant.name}"  # run folder: results/runs/<name>
+    eval_search_val: bool = True  # also report search-validation metrics (used for model selection)
+    overwrite: bool = False
+    device: str = "cpu"
+
+
 def register_configs() -> None:
     """Register the root schemas with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="finetune_schema", node=FinetuneConfig)
+    cs.store(name="qat_schema", node=QatConfig)

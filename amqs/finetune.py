@@ -19,13 +19,14 @@ from typing import Any
 import datasets
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
 from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
 from amqs.train import evaluate, fit, seed_everything
-from amqs.utils.run import command_line, fingerprint, git_revision, save_config, upsert_csv, write_json
+from amqs.utils.run import (command_line, config_hash, git_revision, prepare_run_dir, save_config, upsert_csv,
+                            write_json)
 
 log = logging.getLogger(__name__)
 
@@ -37,41 +38,15 @@ def teacher_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results_dir) / "teachers" / f"{cfg.model.name}-{cfg.data.task}"
 
 
-def teacher_fingerprint(cfg: DictConfig) -> str:
-    """What makes two teachers the same: model, data and optimisation, not logging or threads."""
-    train = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items()
-             if k not in ("checkpoint_every", "log_every", "num_threads", "progress", "eval_batch_size")}
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.pop("glue_dir")  # the same rows from the hub or a local copy
-    return fingerprint({"model": OmegaConf.to_container(cfg.model, resolve=True), "data": data, "train": train})
-
-
 def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     """Fine-tune (or reuse) the teacher described by ``cfg``; return its metrics."""
     out = teacher_dir(cfg)
-    fp = teacher_fingerprint(cfg)
-    metrics_path = out / "metrics.json"
-    if metrics_path.exists() and not cfg.overwrite:
-        import json
-
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("config_hash") == fp:
-            log.info("reusing the teacher in %s (same config %s)", out, fp)
-            return metrics
-        raise FileExistsError(
-            f"{out} holds a teacher of another config ({metrics.get('config_hash')} != {fp}): "
-            "pass overwrite=true to replace it, or a different model.name"
-        )
+    fp = config_hash(cfg)
+    done = prepare_run_dir(out, fp, cfg.overwrite)
+    if done is not None:
+        log.info("reusing the teacher in %s (same config %s)", out, fp)
+        return done
     ckpt = out / "checkpoint"
-    stamp = ckpt / "config_hash"
-    if ckpt.exists() and (cfg.overwrite or not stamp.exists() or stamp.read_text() != fp):
-        if not cfg.overwrite:
-            raise FileExistsError(f"{ckpt} is a checkpoint of another config: pass overwrite=true to discard it")
-        shutil.rmtree(ckpt)
-    if cfg.overwrite and metrics_path.exists():
-        metrics_path.unlink()
-    ckpt.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fp)
 
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -101,7 +76,7 @@ def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
         "threads": torch.get_num_threads(), "final_loss": result.final_loss, "config_hash": fp,
         "git_revision": git_revision(), "command": command,
     }
-    write_json(metrics_path, metrics)
+    write_json(out / "metrics.json", metrics)
     shutil.rmtree(ckpt)
     upsert_csv(Path(cfg.paths.results_dir) / "teachers.csv",
                {k: metrics[k] for k in TEACHER_COLUMNS}, key=("task", "model"), columns=TEACHER_COLUMNS)

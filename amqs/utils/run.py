@@ -12,9 +12,10 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +40,22 @@ def fingerprint(obj: Any) -> str:
         obj = OmegaConf.to_container(obj, resolve=True)
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Settings that change where or how verbosely a run works, not what it computes.
+_NOT_HASHED = ("paths", "overwrite", "device", "name", "eval_search_val")
+_TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress", "eval_batch_size")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Fingerprint of what a run computes: two runs with the same hash give the same result."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in _NOT_HASHED:
+        c.pop(k, None)
+    c.get("data", {}).pop("glue_dir", None)  # the same rows from the hub or a local copy
+    for k in _TRAIN_NOT_HASHED:
+        c.get("train", {}).pop(k, None)
+    return fingerprint(c)
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
@@ -71,6 +88,34 @@ def upsert_csv(path: Path, row: Mapping[str, Any], key: Sequence[str], columns: 
         w = csv.DictWriter(f, fieldnames=list(columns))
         w.writeheader()
         w.writerows(rows)
+
+
+def prepare_run_dir(out: Path, config_hash: str, overwrite: bool) -> Optional[dict[str, Any]]:
+    """Reuse a finished run, resume an interrupted one, or refuse to clobber another config's.
+
+    Returns the metrics of a finished run in ``out`` made with ``config_hash``; otherwise makes
+    sure ``out/checkpoint`` belongs to this config (stamped with its hash) and returns None.
+    With ``overwrite`` an earlier run of another config is discarded instead of refused.
+    """
+    metrics_path, ckpt = out / "metrics.json", out / "checkpoint"
+    stamp = ckpt / "config_hash"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("config_hash") == config_hash and not overwrite:
+            return metrics
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} holds a run of another config ({metrics.get('config_hash')} != {config_hash}): "
+                "pass overwrite=true to replace it, or choose another name"
+            )
+        metrics_path.unlink()
+    if ckpt.exists() and (overwrite or not stamp.exists() or stamp.read_text() != config_hash):
+        if not overwrite:
+            raise FileExistsError(f"{ckpt} is a checkpoint of another config: pass overwrite=true to discard it")
+        shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(config_hash)
+    return None
 
 
 def command_line(program: str, overrides: Iterable[str]) -> str:

@@ -1,0 +1,46 @@
+"""``amqs-qat``: quantization-aware training of a fixed recipe from the fp32 teacher.
+
+    amqs-qat quant=w8a8 teacher=shared_sst2          # Q8BERT-style baseline on SST-2
+    amqs-qat quant=w2a8 data.max_train_examples=12800
+    amqs-qat debug=smoke quant=w4a8                  # tiny model, seconds
+
+Writes ``results/runs/<name>/`` (bits.json, metrics.json, config.yaml, train_log.jsonl,
+student.pt) and upserts a row of ``results/baselines.csv`` (key: task, method).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from amqs.config import CONF_DIR, register_configs
+from amqs.train.qat import run_qat
+from amqs.utils.run import command_line, upsert_csv
+
+BASELINE_COLUMNS = ("task", "method", "weight_bits", "act_bits", "emb_bits", "encoder_bytes", "total_bytes",
+                    "compression", "dev_accuracy", "dev_f1", "train_examples", "epochs", "command")
+
+
+def run(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
+    """Train (or reuse) the run; record it in results/baselines.csv."""
+    metrics = run_qat(cfg, command=command)
+    upsert_csv(Path(cfg.paths.results_dir) / "baselines.csv", {k: metrics[k] for k in BASELINE_COLUMNS},
+               key=("task", "method"), columns=BASELINE_COLUMNS)
+    return metrics
+
+
+register_configs()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="qat", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, command=command_line("amqs-qat", HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    main()
