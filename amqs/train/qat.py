@@ -101,7 +101,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     if assignment is None:
         assignment = build_assignment(teacher, cfg)
     student, replaced = quantize_student(teacher, assignment, cfg)
-    log.info("quantized %d modules (%s)", len(replaced), cfg.quant.name)
+    log.info("quantized %d modules (%s): %s", len(replaced), cfg.quant.name, ", ".join(replaced))
     if assignment is not None:
         assignment.to_json(out / "bits.json")
     size = model_size(student)
@@ -126,7 +126,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     metrics = {
         "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source,
         "weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits, "emb_bits": cfg.quant.emb_bits,
-        "scheme": cfg.quant.scheme, "replaced_modules": len(replaced),
+        "scheme": cfg.quant.scheme, "replaced_modules": replaced,
         "encoder_bytes": size.encoder_bytes, "total_bytes": size.total_bytes,
         "fp32_encoder_bytes": size.fp32_encoder_bytes, "fp32_total_bytes": size.fp32_total_bytes,
         "compression": round(size.encoder_compression, 3), "total_compression": round(size.total_compression, 3),

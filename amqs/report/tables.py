@@ -1,0 +1,68 @@
+"""Render a results CSV as a Markdown table, with the commands that produced it.
+
+    python -m amqs.report.tables results/baselines.csv --title "Uniform baselines" --note "..."
+
+Numbers are shown as measured (accuracies as percentages with two decimals, bytes with thousands
+separators); the ``command`` column moves below the table so the table stays readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+PERCENT = ("accuracy", "f1")
+
+
+def _fmt(col: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if isinstance(value, float) and any(p in col for p in PERCENT):
+        return f"{100 * value:.2f}"
+    if isinstance(value, (int,)) and "bytes" in col:
+        return f"{value:,}"
+    if isinstance(value, float) and value.is_integer() and "bytes" in col:
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def to_markdown(df: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
+    """A Markdown document: title, notes, the table (accuracy/F1 in %), then each row's command."""
+    cols = [c for c in df.columns if c != "command"]
+    lines = [f"# {title}", ""]
+    lines += [*notes, ""] if notes else []
+    lines.append("| " + " | ".join(c + (" (%)" if any(p in c for p in PERCENT) else "") for c in cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(c, row[c]) for c in cols) + " |")
+    if "command" in df.columns:
+        lines += ["", "Commands:", ""]
+        lines += [f"- `{c}`" for c in df["command"].fillna("")]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(csv_path: Path, md_path: Path | None = None, title: str = "", notes: Sequence[str] = ()) -> Path:
+    """Write ``<csv>.md`` (or ``md_path``) next to a results CSV; returns its path."""
+    df = pd.read_csv(csv_path)
+    md_path = md_path or csv_path.with_suffix(".md")
+    md_path.write_text(to_markdown(df, title or csv_path.stem, notes))
+    return md_path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("csv", type=Path)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--title", default="")
+    p.add_argument("--note", action="append", default=[], help="a paragraph above the table (repeatable)")
+    args = p.parse_args(argv)
+    print(render_csv(args.csv, args.out, args.title, args.note))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from amqs.report.tables import render_csv, to_markdown
+
+
+def test_markdown_formats_percentages_bytes_and_commands(tmp_path: Path) -> None:
+    df = pd.DataFrame({"task": ["sst2"], "method": ["w8a8"], "encoder_bytes": [5_431_872], "dev_accuracy": [0.89335],
+                       "dev_f1": [float("nan")], "command": ["amqs-qat quant=w8a8"]})
+    md = to_markdown(df, "Baselines", ["Budget: 16,000 examples."])
+    assert "| task | method | encoder_bytes | dev_accuracy (%) | dev_f1 (%) |" in md
+    assert "| sst2 | w8a8 | 5,431,872 | 89.33 | – |" in md
+    assert md.index("Budget") < md.index("| task") < md.index("`amqs-qat quant=w8a8`")
+    csv = tmp_path / "t.csv"
+    df.to_csv(csv, index=False)
+    assert render_csv(csv).read_text() == to_markdown(pd.read_csv(csv), "t")
