@@ -20,6 +20,8 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from amqs.search.architect import ArchitectConfig
+
 # conf/ sits beside the package in the repository (editable install, see README).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -154,8 +156,56 @@ class QatConfig:
     device: str = "cpu"
 
 
+@dataclass
+class BudgetConfig:
+    """The size budget of a search (resolved to target encoder bytes by amqs.search.objective)."""
+
+    kind: str = "compression"  # bytes | compression (fp32 encoder / value) | avg_bits (per searched weight)
+    value: float = 13.0
+
+
+@dataclass
+class SearchHParams:
+    """The supernet search: relaxation, size penalty, schedule."""
+
+    space: str = "default"  # search_spaces/<space>.yaml, or a path to a YAML file
+    epochs: float = 1.0  # supernet epochs over the (capped) train split
+    weight_lr: float = 2.0e-5  # AdamW on the weights (AQ-BERT: 2e-5)
+    lam: float = 1.0  # lambda: weight of the size loss in L_val
+    eps: float = 0.05  # tolerance band of the size loss and of derivation (+-eps * budget)
+    relaxation: str = "gumbel"  # gumbel | softmax
+    t0: float = 1.0  # temperature t = t0 * exp(-eta * (epoch - n0)), floored at t_min
+    eta: float = 2.0
+    n0: float = 0.0
+    t_min: float = 0.05
+    init_std: float = 1.0e-3  # std of the initial logits (breaks argmax ties)
+    # The architecture optimizer; defaults set in conf/search/*.yaml (AQ-BERT: SGD, lr 0.1).
+    arch: ArchitectConfig = field(default_factory=ArchitectConfig)
+
+
+@dataclass
+class SearchConfig:
+    """Root schema of ``amqs-search``: search -> derive -> retrain -> evaluate for one budget."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the retrain (QAT) of the derived assignment
+    quant: QuantConfig = field(default_factory=QuantConfig)  # activation/embedding settings of the retrain
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    search: SearchHParams = field(default_factory=SearchHParams)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    name: str = "${data.task}-${search.space}-${budget.kind}${budget.value}"
+    reinit: bool = False  # retrain from the pretrained encoder (AQ-BERT) instead of the teacher's weights
+    eval_search_val: bool = True
+    overwrite: bool = False
+    device: str = "cpu"
+
+
 def register_configs() -> None:
     """Register the root schemas with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="finetune_schema", node=FinetuneConfig)
     cs.store(name="qat_schema", node=QatConfig)
+    cs.store(name="search_schema", node=SearchConfig)

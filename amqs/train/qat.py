@@ -33,7 +33,7 @@ from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTER
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import fit, seed_everything
 from amqs.train.metrics import evaluate
-from amqs.utils.run import config_hash, git_revision, prepare_run_dir, save_config, write_json
+from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,17 @@ def quantize_student(teacher: nn.Module, assignment: Optional[BitAssignment], cf
     return student, replaced
 
 
-def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command: str = "") -> dict[str, Any]:
-    """Train and evaluate one fixed assignment; write ``results/runs/<name>/``; return its metrics."""
+def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command: str = "",
+            student_init: Optional[str] = None) -> dict[str, Any]:
+    """Train and evaluate one fixed assignment; write ``results/runs/<name>/``; return its metrics.
+
+    The student starts from the teacher's weights, or from ``student_init`` (an HF id/folder, e.g.
+    the pretrained encoder: AQ-BERT's re-initialisation); the teacher distils either way.
+    """
     out = run_dir(cfg)
-    fp = config_hash(cfg) if assignment is None else config_hash(cfg) + "-" + _assignment_hash(assignment)
+    fp = config_hash(cfg)
+    if assignment is not None:
+        fp += "-" + fingerprint({"bits": assignment.to_dict(), "init": student_init})
     done = prepare_run_dir(out, fp, cfg.overwrite)
     if done is not None:
         log.info("reusing the finished run in %s", out)
@@ -100,7 +107,10 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
     if assignment is None:
         assignment = build_assignment(teacher, cfg)
-    student, replaced = quantize_student(teacher, assignment, cfg)
+    base = teacher
+    if student_init is not None:
+        base, _ = load_classifier(ModelConfig(name=cfg.model.name, source=student_init), task.num_labels)
+    student, replaced = quantize_student(base, assignment, cfg)
     log.info("quantized %d modules (%s): %s", len(replaced), cfg.quant.name, ", ".join(replaced))
     if assignment is not None:
         assignment.to_json(out / "bits.json")
@@ -124,7 +134,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     torch.save(student.state_dict(), out / STUDENT_FILE)
     save_config(cfg, out / "config.yaml")
     metrics = {
-        "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source,
+        "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source, "student_init": student_init,
         "weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits, "emb_bits": cfg.quant.emb_bits,
         "scheme": cfg.quant.scheme, "replaced_modules": replaced,
         "encoder_bytes": size.encoder_bytes, "total_bytes": size.total_bytes,
@@ -142,9 +152,3 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     log.info("%s: dev %s (PTQ %s), encoder %d B (%.2fx)", cfg.name, dev, ptq, size.encoder_bytes,
              size.encoder_compression)
     return metrics
-
-
-def _assignment_hash(assignment: BitAssignment) -> str:
-    from amqs.utils.run import fingerprint
-
-    return fingerprint(assignment.to_dict())

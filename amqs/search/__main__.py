@@ -1,0 +1,3 @@
+from amqs.search.app import main
+
+main()

@@ -1,0 +1,48 @@
+"""``amqs-search``: supernet search -> derive -> retrain -> evaluate for one size budget.
+
+    amqs-search teacher=shared_sst2 budget=c13                  # SST-2, default space, 13x encoder compression
+    amqs-search search=aqbert budget.kind=avg_bits budget.value=3
+    amqs-search debug=smoke                                     # tiny model, seconds
+
+Writes ``results/runs/<name>/`` (see amqs.search.run) and a row of ``results/search.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from amqs.config import CONF_DIR, register_configs
+from amqs.search.run import run_search
+from amqs.utils.run import command_line, upsert_csv
+
+SEARCH_COLUMNS = ("task", "space", "budget_compression", "encoder_bytes", "compression", "avg_bits",
+                  "pruned_fraction", "dev_accuracy", "dev_f1", "train_examples", "epochs", "seconds", "command")
+
+
+def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
+    """Run (or reuse) one budget; record it in results/search.csv."""
+    m = run_search(cfg, command=command)
+    row = {**{k: m[k] for k in SEARCH_COLUMNS if k in m},
+           "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
+           "epochs": f"search {m['search_epochs']} + retrain {m['retrain_epochs']}"}
+    upsert_csv(Path(cfg.paths.results_dir) / "search.csv", row, key=("task", "space", "budget_compression"),
+               columns=SEARCH_COLUMNS)
+    return m
+
+
+register_configs()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run(cfg, command=command_line("amqs-search", HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Size accounting of the supernet, the budget, and AQ-BERT's architecture objective.
+
+Sizes agree bit for bit with :func:`amqs.quant.size.model_size` of the derived model:
+
+* ``fixed`` -- everything ``model_size`` counts under ``encoder_prefix`` that is not a searched
+  weight (biases, LayerNorms, activation ranges), read from ``model_size`` of the supernet itself
+  minus each :class:`SupernetLinear`'s search state (logits, LSQ steps) and fp32 weight;
+* ``size_table[g, c]`` of every searched module -- ``rows * in * c + qparam_bits(scheme, c)``.
+
+``E[C] = fixed + sum_g sum_c p[g, c] size[g, c]`` (differentiable in the logits) and
+``C = fixed + sum_g size[g, argmax_c]``. The size loss (AQ-BERT) is piecewise in ``C`` against the
+target ``V``: ``log(E[C]/V)`` above ``(1+eps)V``, ``0`` inside the band, ``-log(E[C]/V)`` below
+``(1-eps)V``. We use ``log(E[C]/V)`` rather than the paper's ``log E[C]``: it only shifts the value
+(0 at the target, readable in logs); the gradient is the same.
+
+Example::
+
+    V = resolve_budget(Budget("compression", 8.0), model)      # target encoder bytes
+    objective = SearchObjective(target_bytes=V, lam=1.0)       # CE + lam * L_size on val batches
+    loss = objective(model, val_batch)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from amqs.quant.size import model_size, qparam_bits
+from amqs.search.supernet import arch_entropy, supernet_modules
+
+LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
+BUDGET_KINDS = ("bytes", "compression", "avg_bits")
+ENCODER_PREFIX = "bert.encoder."
+
+
+def ce_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """The task loss of an HF classifier (cross-entropy when ``labels`` are in the batch)."""
+    return model(**batch).loss
+
+
+@dataclass(frozen=True)
+class SizeBase:
+    """Architecture-independent encoder sizes of a supernet, in bits."""
+
+    fixed_bits: int  # stored encoder bits that are not searched weights
+    fp32_bits: int  # the fp32 reference encoder (every weight at 32 bits, no activation ranges)
+    searched_weights: int  # number of searched weights (tied matrices count each)
+
+
+def size_base(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeBase:
+    """Fixed and fp32 encoder bits of a supernet, consistent with ``model_size``.
+
+    Example:
+        >>> base = size_base(model)  # doctest: +SKIP
+    """
+    modules = supernet_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no SupernetLinear modules; call build_supernet first")
+    report = model_size(model, encoder_prefix)
+    fixed, fp32, n = report.encoder_bits, report.fp32_encoder_bits, 0
+    for name, m in modules.items():
+        if not name.startswith(encoder_prefix):
+            raise ValueError(f"searched module {name} is outside encoder_prefix {encoder_prefix!r}")
+        # A SupernetLinear counts as a plain module (quantized bits == fp32 bits): its own tensors
+        # are the fp32 weight, the bias, and search state (logits -- once if tied -- LSQ steps).
+        bias = 32 * m.bias.numel() if m.bias is not None else 0
+        own = report.per_module.get(name, 0)
+        fixed -= own - bias
+        fp32 -= own - bias - 32 * m.weight.numel()
+        n += m.weight.numel()
+    return SizeBase(fixed, fp32, n)
+
+
+def expected_size_bits(
+    model: nn.Module, encoder_prefix: str = ENCODER_PREFIX, base: SizeBase | None = None
+) -> Tensor:
+    """``E[C]`` in bits: a float64 scalar, differentiable w.r.t. the logits (uses the forward's probabilities).
+
+    Example:
+        >>> expected_size_bits(model).backward()  # doctest: +SKIP
+    """
+    base = base or size_base(model, encoder_prefix)
+    terms = [(m.probs().double() * m.size_table).sum() for m in supernet_modules(model).values()]
+    return torch.stack(terms).sum() + float(base.fixed_bits)  # stays on the logits' device
+
+
+@torch.no_grad()
+def argmax_size_bits(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX, base: SizeBase | None = None) -> int:
+    """``C`` in bits: exact encoder size of the current most-probable assignment.
+
+    Equals ``model_size(derived).encoder_bits`` of the model derived from it.
+
+    Example:
+        >>> argmax_size_bits(model)  # doctest: +SKIP
+    """
+    chosen = [m.size_table.gather(1, m.arch_logits.argmax(-1, keepdim=True)).sum() for m in supernet_modules(model).values()]
+    return (base or size_base(model, encoder_prefix)).fixed_bits + int(torch.stack(chosen).sum())  # one device sync
+
+
+def size_bounds_bits(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> tuple[int, int]:
+    """Encoder bits with every subgroup at its smallest / largest choice.
+
+    Example:
+        >>> lo, hi = size_bounds_bits(model)  # doctest: +SKIP
+    """
+    base = size_base(model, encoder_prefix).fixed_bits
+    mods = supernet_modules(model).values()
+    lo = base + sum(int(m.size_table.min(-1).values.sum()) for m in mods)
+    hi = base + sum(int(m.size_table.max(-1).values.sum()) for m in mods)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A size budget of the encoder.
+
+    ``kind``: ``"bytes"`` (encoder bytes), ``"compression"`` (fp32 encoder bytes / value) or
+    ``"avg_bits"`` (bits per searched weight: the size of the uniform ``value``-bit model with the
+    same subgroups, i.e. ``fixed + value * weights + qparams of every (multi-bit) subgroup``).
+
+    Example:
+        >>> Budget("compression", 8.0).to_dict()
+        {'kind': 'compression', 'value': 8.0}
+    """
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"budget kind must be one of {BUDGET_KINDS}, got {self.kind!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not self.value > 0:
+            raise ValueError(f"budget value must be a positive number, got {self.value!r}")
+
+    def to_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+def resolve_budget(budget: Budget, model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> float:
+    """Target encoder bytes ``V`` of ``budget`` for this supernet; raises if it is infeasible.
+
+    Example:
+        >>> resolve_budget(Budget("avg_bits", 4), model)  # doctest: +SKIP
+        104256.0
+    """
+    base = size_base(model, encoder_prefix)
+    if budget.kind == "bytes":
+        target_bits = 8.0 * budget.value
+    elif budget.kind == "compression":
+        target_bits = base.fp32_bits / budget.value
+    else:
+        qp = sum(m.num_subgroups * int(qparam_bits(m.scheme, torch.tensor([8]))) for m in supernet_modules(model).values())
+        target_bits = base.fixed_bits + budget.value * base.searched_weights + qp
+    lo, hi = size_bounds_bits(model, encoder_prefix)
+    if not lo <= target_bits <= hi:
+        raise ValueError(
+            f"budget {budget.kind}={budget.value} asks for {target_bits / 8:.0f} encoder bytes, outside the feasible "
+            f"range [{lo / 8:.0f}, {hi / 8:.0f}] bytes of this search space (every subgroup at its smallest .. "
+            f"largest choice; fp32 encoder: {base.fp32_bits / 8:.0f} bytes)"
+        )
+    return target_bits / 8
+
+
+def size_loss(expected_bytes: Tensor, current_bytes: float, target_bytes: float, eps: float = 0.05) -> Tensor:
+    """AQ-BERT's piecewise size loss, normalised by the target (see the module docstring).
+
+    Example:
+        >>> round(size_loss(torch.tensor(200.0), 200, 100).item(), 4)  # too big: log(E/V)
+        0.6931
+        >>> size_loss(torch.tensor(104.0), 104, 100).item()             # inside the +-5% band
+        0.0
+    """
+    ratio = torch.log(expected_bytes / target_bytes)
+    if current_bytes > (1 + eps) * target_bytes:
+        return ratio
+    if current_bytes < (1 - eps) * target_bytes:
+        return -ratio
+    return ratio * 0.0  # zero, but still in the graph: a size-only objective can always backpropagate
+
+
+@dataclass
+class SearchObjective:
+    """The architecture objective ``L_val = task_loss + lam * L_size`` (evaluate on search-val batches).
+
+    ``task_loss(model, batch)`` defaults to CE; pass e.g. an ``amqs.train.distill.DistillLoss`` to add
+    distillation in the same forward pass, or ``None`` for the size term alone.
+
+    Example:
+        >>> obj = SearchObjective(target_bytes=1e5, lam=0.5)
+        >>> obj.eps
+        0.05
+    """
+
+    target_bytes: float
+    lam: float = 1.0
+    eps: float = 0.05
+    task_loss: LossFn | None = ce_loss
+    encoder_prefix: str = ENCODER_PREFIX
+
+    def size_term(self, model: nn.Module) -> Tensor:
+        """``L_size`` at the current probabilities (float64 scalar)."""
+        base = size_base(model, self.encoder_prefix)  # one model_size walk for both sizes
+        expected = expected_size_bits(model, self.encoder_prefix, base) / 8
+        current = argmax_size_bits(model, self.encoder_prefix, base) / 8
+        return size_loss(expected, current, self.target_bytes, self.eps)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor] | None) -> Tensor:
+        size = self.size_term(model)
+        if self.task_loss is None:
+            return size.float()
+        task = self.task_loss(model, batch)  # type: ignore[arg-type]
+        return task + self.lam * size.to(task.device, task.dtype)
+
+    @torch.no_grad()
+    def stats(self, model: nn.Module) -> dict[str, float]:
+        """Loggable numbers: expected/argmax/target encoder bytes, the size loss, mean entropy."""
+        expected = expected_size_bits(model, self.encoder_prefix).item() / 8
+        current = argmax_size_bits(model, self.encoder_prefix) / 8
+        return {
+            "expected_bytes": expected,
+            "argmax_bytes": current,
+            "target_bytes": self.target_bytes,
+            "size_loss": size_loss(torch.tensor(expected), current, self.target_bytes, self.eps).item(),
+            "arch_entropy": arch_entropy(model),
+            "in_budget": float(abs(current - self.target_bytes) <= self.eps * self.target_bytes),
+        }
+
+
+__all__ = ["BUDGET_KINDS", "Budget", "LossFn", "SearchObjective", "SizeBase", "argmax_size_bits", "ce_loss",
+           "expected_size_bits", "resolve_budget", "size_base", "size_bounds_bits", "size_loss"]

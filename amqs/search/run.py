@@ -1,0 +1,207 @@
+"""One budget, end to end: supernet search -> derive -> retrain (QAT) -> evaluate.
+
+``results/runs/<name>/`` gets:
+
+- ``search_log.jsonl`` — every ``train.log_every`` steps: epoch, temperature, losses, expected /
+  argmax / target encoder bytes, architecture entropy; ``checkpoint/`` while running;
+- ``bits.json`` — the derived, repaired :class:`BitAssignment` (the only thing the retrain,
+  the exporter and the reports read);
+- ``retrain/`` — the QAT run of that assignment (``amqs.train.qat.run_qat``);
+- ``metrics.json`` and ``config.yaml``.
+
+Each phase resumes: a killed search continues from its last checkpoint (weights, logits, both
+optimizers, scheduler, RNG and sampler positions); a finished search is not redone.
+
+Example::
+
+    metrics = run_search(cfg)      # cfg composed from conf/search.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from amqs.data import get_task, load_glue, make_loader
+from amqs.quant import BitAssignment, weight_bits_of
+from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
+from amqs.search.derive import derived_assignment
+from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
+from amqs.search.space import load_space
+from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
+from amqs.train.distill import DistillLoss
+from amqs.train.loop import NonFiniteLossError, ResumableSampler, seed_everything
+from amqs.train.qat import load_teacher, run_qat
+from amqs.utils.run import config_hash, git_revision, prepare_run_dir, save_config, write_json
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "search_state.pt"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.results_dir) / "runs" / cfg.name
+
+
+def _cycle(loader: DataLoader, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of ``loader``, epoch after epoch, starting at global batch ``start_step``."""
+    sampler = loader.sampler
+    n = len(loader)
+    epoch, skip = divmod(start_step, n)
+    while True:
+        if isinstance(sampler, ResumableSampler):
+            sampler.set_epoch(epoch, skip=skip * loader.batch_size)
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def search(cfg: DictConfig, out: Path) -> BitAssignment:
+    """Train the supernet bilevel and return the derived, repaired assignment (resumable)."""
+    s = cfg.search
+    seed_everything(cfg.train.seed)  # the logits' initial noise, dropout
+    task = get_task(cfg.data.task)
+    splits = load_glue(cfg.data)
+    teacher, tokenizer = load_teacher(cfg, task.num_labels)
+    space = load_space(s.space)
+    model = copy.deepcopy(teacher)
+    build_supernet(model, space, init_std=s.init_std)
+    budget = Budget(cfg.budget.kind, float(cfg.budget.value))
+    target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
+    mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731
+                                         batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+    train_loader, val_loader = mk("train", cfg.train.seed), mk("search_val", cfg.train.seed + 1)
+    steps_per_epoch = len(train_loader)
+    total = max(1, math.ceil(s.epochs * steps_per_epoch))
+    d = cfg.distill
+    train_loss = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
+    objective = SearchObjective(target_bytes=target, lam=s.lam, eps=s.eps, task_loss=ce_loss,
+                                encoder_prefix=space.encoder_prefix)
+    arch_cfg = ArchitectConfig(**OmegaConf.to_container(s.arch, resolve=True))
+    architect = Architect(model, val_loss=objective, train_loss=train_loss, cfg=arch_cfg)
+    wopt = weight_optimizer(model, s.weight_lr, cfg.train.weight_decay)
+    sched = get_linear_schedule_with_warmup(wopt, int(cfg.train.warmup_ratio * total), total)
+    schedule = TemperatureSchedule(t0=s.t0, eta=s.eta, n0=s.n0, t_min=s.t_min)
+    set_relaxation(model, mode=s.relaxation)
+    gumbel = torch.Generator().manual_seed(cfg.train.seed)
+
+    ckpt = out / "checkpoint"  # stamped with the config hash by prepare_run_dir
+    state_path = ckpt / STATE_FILE
+    step, seconds_before = 0, 0.0
+    if state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        model.load_state_dict(st["model"])
+        wopt.load_state_dict(st["wopt"])
+        sched.load_state_dict(st["sched"])
+        architect.load_state_dict(st["architect"])
+        torch.set_rng_state(st["torch_rng"])
+        gumbel.set_state(st["gumbel_rng"])
+        step, seconds_before = st["step"], st["seconds"]
+        log.info("resumed the search from %s at step %d/%d", state_path, step, total)
+    train_iter, val_iter = _cycle(train_loader, step), _cycle(val_loader, step)
+    log_path = out / "search_log.jsonl"
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=f"search {cfg.name}", disable=not cfg.train.progress,
+               dynamic_ncols=True)
+    model.train()
+    with log_path.open("a") as logf:
+        while step < total:
+            epoch = step / steps_per_epoch
+            tau = schedule(epoch)
+            stats = search_step(model, architect, wopt, next(train_iter), next(val_iter), step=step,
+                                train_loss=train_loss, tau=tau, steps_per_epoch=steps_per_epoch,
+                                max_grad_norm=cfg.train.max_grad_norm, scheduler=sched, generator=gumbel)
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise NonFiniteLossError(f"search loss {stats} at step {step + 1}/{total}; the last checkpoint "
+                                         f"({state_path}) is kept. Lower search.weight_lr / search.arch.lr.")
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}")
+            if step % cfg.train.log_every == 0 or step == total:
+                row = {"step": step, "epoch": step / steps_per_epoch, "tau": tau, **stats, **objective.stats(model)}
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}",
+                                MB=f"{row['expected_bytes'] / 1e6:.2f}/{target / 1e6:.2f}")
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                tmp = state_path.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "wopt": wopt.state_dict(), "sched": sched.state_dict(),
+                            "architect": architect.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "gumbel_rng": gumbel.get_state(), "step": step,
+                            "seconds": seconds_before + time.perf_counter() - t0}, tmp)
+                os.replace(tmp, state_path)
+    bar.close()
+    search_config = OmegaConf.to_container(s, resolve=True)
+    assignment = derived_assignment(model, space, budget, eps=s.eps, search_config=search_config)
+    meta = {**assignment.meta, "search_seconds": round(seconds_before + time.perf_counter() - t0, 1),
+            "search_steps": total, "final_arch_entropy": arch_entropy(model)}
+    return BitAssignment(modules=assignment.modules, scheme=assignment.scheme, act_bits=assignment.act_bits,
+                         meta=meta)
+
+
+def pruned_fraction(assignment: BitAssignment) -> float:
+    """Fraction of searched (linear) weights whose subgroup is pruned."""
+    lin = [m for m in assignment.modules.values() if m.kind == "linear"]
+    total = sum(m.num_weights for m in lin)
+    pruned = sum(m.rows_per_subgroup * m.in_features * sum(b == 0 for b in m.bits) for m in lin)
+    return pruned / total if total else 0.0
+
+
+def run_search(cfg: DictConfig, command: str = "") -> dict[str, Any]:
+    """Search, derive, retrain and evaluate one budget; returns (and writes) the run's metrics."""
+    out = run_dir(cfg)
+    fp = config_hash(cfg)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)  # search, bits.json and retrain all belong to the old config
+    done = prepare_run_dir(out, fp, False)
+    if done is not None:
+        log.info("reusing the finished run in %s", out)
+        return done
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+    save_config(cfg, out / "config.yaml")
+    bits_path = out / "bits.json"
+    if bits_path.exists():  # the search finished before an interruption
+        assignment = BitAssignment.from_json(bits_path)
+    else:
+        assignment = search(cfg, out)
+        assignment.to_json(bits_path)
+    # The retrain is a plain QAT run of the fixed assignment, in its own folder.
+    retrain_cfg = cfg.copy()
+    OmegaConf.set_struct(retrain_cfg, False)
+    retrain_cfg.name = f"{cfg.name}/retrain"
+    retrain_cfg.overwrite = False
+    init = cfg.model.source if cfg.reinit else None
+    retrain = run_qat(retrain_cfg, assignment, command=command, student_init=init)
+    total_bits, avg_bits = weight_bits_of(assignment)
+    meta = assignment.meta
+    metrics = {
+        **{k: retrain[k] for k in ("task", "teacher", "encoder_bytes", "total_bytes", "fp32_encoder_bytes",
+                                   "compression", "total_compression", "dev_accuracy", "dev_f1", "dev_accuracy_ptq",
+                                   "search_val_accuracy", "search_val_f1", "train_examples")},
+        "space": meta["space"], "budget_kind": cfg.budget.kind, "budget_value": cfg.budget.value,
+        "target_bytes": meta["target_bytes"], "derived_encoder_bytes": meta["encoder_bytes"],
+        "argmax_encoder_bytes": meta["argmax_encoder_bytes"], "repair_steps": meta["repair_steps"],
+        "avg_bits": avg_bits, "pruned_fraction": pruned_fraction(assignment),
+        "search_seconds": meta.get("search_seconds"), "retrain_seconds": retrain["seconds"],
+        "seconds": round((meta.get("search_seconds") or 0) + retrain["seconds"], 1),
+        "search_epochs": cfg.search.epochs, "retrain_epochs": cfg.train.epochs, "reinit": cfg.reinit,
+        "config_hash": fp, "git_revision": git_revision(), "command": command,
+    }
+    write_json(out / "metrics.json", metrics)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return metrics

@@ -1,0 +1,316 @@
+"""The supernet: every searched Linear mixes its candidate bit-widths per subgroup (AQ-BERT).
+
+For subgroup ``g`` (a block of output rows) with architecture logits ``alpha[g, :]`` over the
+choices ``c`` (bit-widths, ascending), the layer uses
+
+    W_mix[g] = sum_c p[g, c] * Q_c(W[g]),    p = softmax((alpha + gumbel_noise) / tau)
+
+with ``Q_0 = 0`` (pruned). All ``C`` candidates of all ``G`` subgroups are quantized in ONE call of
+:func:`amqs.quant.functions.quantize_subgroups` on the subgroup view repeated to ``[C*G, n]``.
+Input activations are fake-quantized at fixed bits (:class:`~amqs.quant.modules.ActQuant`); the
+embeddings are fixed by :func:`build_supernet` through ``apply_assignment``.
+
+Relaxation modes: ``"gumbel"`` (Gumbel-softmax; the noise is drawn by :func:`resample`, once per
+step for every logits tensor, and only used in training mode), ``"softmax"`` (no noise) and
+``"argmax"`` (one-hot of the most probable choice; no gradient to the logits, for evaluating the
+current architecture). Tied modules hold the *same* logits Parameter, so they always see the same
+probabilities.
+
+Example::
+
+    names = build_supernet(model, load_space("aqbert"))
+    set_relaxation(model, mode="gumbel", tau=TemperatureSchedule()(epoch))
+    resample(model)                       # once per training step
+    loss = model(**batch).loss
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from amqs.quant.assignment import BitAssignment, ModuleBits
+from amqs.quant.functions import SCHEMES, init_lsq_step, quantize_subgroups, to_subgroups, validate_bits
+from amqs.quant.modules import ActQuant
+from amqs.quant.size import qparam_bits
+from amqs.quant.surgery import apply_assignment, select_modules
+from amqs.search.space import SearchSpace
+
+MODES = ("gumbel", "softmax", "argmax")
+
+
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    """AQ-BERT's temperature ``t0 * exp(-eta * (epoch - n0))``, held at ``t0`` before ``n0``, floored at ``t_min``.
+
+    Defaults follow FBNet (``t0 = 5``, ``eta = 0.045`` per epoch); ``epoch`` may be fractional.
+
+    Example:
+        >>> round(TemperatureSchedule(t0=5.0, eta=0.5, n0=1.0)(3.0), 4)
+        1.8394
+    """
+
+    t0: float = 5.0
+    eta: float = 0.045
+    n0: float = 0.0
+    t_min: float = 0.05
+
+    def __call__(self, epoch: float) -> float:
+        return max(self.t_min, self.t0 * math.exp(-self.eta * max(0.0, epoch - self.n0)))
+
+
+class SupernetLinear(nn.Linear):
+    """``nn.Linear`` whose weight is the probability-weighted mix of its quantized candidates.
+
+    Reuses the wrapped layer's ``weight``/``bias`` Parameters (build it with :meth:`from_linear`).
+    ``arch_logits[G, C]`` may be shared with other modules (ties). ``size_table[G, C]`` holds the
+    exact stored bits of each subgroup at each choice (codes + qparams, as ``model_size`` counts).
+
+    Example:
+        >>> m = SupernetLinear.from_linear(nn.Linear(8, 4), choices=(0, 2, 4), num_subgroups=2)
+        >>> m(torch.randn(3, 8)).shape, tuple(m.arch_logits.shape)
+        (torch.Size([3, 4]), (2, 3))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        choices: tuple[int, ...],
+        num_subgroups: int,
+        scheme: str = "minmax",
+        act_bits: int | None = 8,
+        arch_logits: nn.Parameter | None = None,
+        init_std: float = 1e-3,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
+        if out_features % num_subgroups:
+            raise ValueError(f"{out_features} rows cannot be split into {num_subgroups} equal subgroups")
+        if list(choices) != sorted(set(choices)):
+            raise ValueError(f"choices must be distinct and ascending, got {choices}")
+        validate_bits(list(choices), "SupernetLinear choices")
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
+        self.scheme, self.mode, self.tau = scheme, "gumbel", 1.0
+        self.num_subgroups, num_choices = num_subgroups, len(choices)
+        # Search state lives with the weight (from_linear builds on "meta", then moves it with .to()).
+        here = None if self.weight.is_meta else self.weight.device
+        if arch_logits is None:
+            # Small random logits (DARTS): an all-zero start would make every argmax "prune".
+            arch_logits = nn.Parameter(init_std * torch.randn(num_subgroups, num_choices, device=here))
+        if tuple(arch_logits.shape) != (num_subgroups, num_choices):
+            raise ValueError(f"arch_logits must be [{num_subgroups}, {num_choices}], got {tuple(arch_logits.shape)}")
+        self.arch_logits = arch_logits
+        c = torch.tensor(choices, dtype=torch.int64, device=here)
+        rows = out_features // num_subgroups
+        size = rows * in_features * c + qparam_bits(scheme, c)  # same rule as amqs.quant.size
+        # Non-persistent: derived from the space, so not checkpointed nor counted by model_size.
+        self.register_buffer("choices", c, persistent=False)
+        self.register_buffer("size_table", size.expand(num_subgroups, -1).clone(), persistent=False)
+        self.register_buffer("_bits_flat", c.repeat_interleave(num_subgroups), persistent=False)  # [C*G], c-major
+        if scheme == "lsq":  # one learned step per (choice, subgroup), initialised in from_linear
+            self.step = nn.Parameter(torch.ones(num_choices * num_subgroups, device=here))
+        else:
+            self.register_parameter("step", None)
+        self.act_quant = ActQuant(act_bits).to(here)
+        self.noise: Tensor | None = None  # Gumbel noise of the current step, set by resample()
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        choices: tuple[int, ...],
+        num_subgroups: int,
+        scheme: str = "minmax",
+        act_bits: int | None = 8,
+        *,
+        arch_logits: nn.Parameter | None = None,
+        init_std: float = 1e-3,
+    ) -> "SupernetLinear":
+        """Wrap ``linear`` keeping its ``weight``/``bias`` Parameter objects.
+
+        Example:
+            >>> lin = nn.Linear(8, 4)
+            >>> SupernetLinear.from_linear(lin, (0, 4), 4).weight is lin.weight
+            True
+        """
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, choices=tuple(choices),
+                num_subgroups=num_subgroups, scheme=scheme, act_bits=act_bits, arch_logits=arch_logits,
+                init_std=init_std, device="meta", dtype=linear.weight.dtype)
+        m.weight, m.bias = linear.weight, linear.bias
+        m.to(linear.weight.device)  # moves only the small search state
+        if m.step is not None:
+            with torch.no_grad():
+                m.step.copy_(init_lsq_step(m._candidates_view(), m._bits_flat))
+        m.train(linear.training)
+        return m
+
+    def _candidates_view(self) -> Tensor:
+        wg = to_subgroups(self.weight, self.num_subgroups)  # [G, n]
+        return wg.unsqueeze(0).expand(len(self.choices), -1, -1).reshape(-1, wg.shape[1])  # [C*G, n]
+
+    def candidate_weights(self) -> Tensor:
+        """All candidates ``Q_c(W[g])`` as ``[C, G, n]``, from one vectorized quantizer call."""
+        q = quantize_subgroups(self._candidates_view(), self._bits_flat, self.scheme, self.step)
+        return q.reshape(len(self.choices), self.num_subgroups, -1)
+
+    def probs(self) -> Tensor:
+        """Choice probabilities ``p[G, C]`` under the current mode, temperature and noise."""
+        logits = self.arch_logits
+        if self.mode == "argmax":
+            return F.one_hot(logits.detach().argmax(-1), logits.shape[-1]).to(logits.dtype)
+        if self.mode == "gumbel" and self.training and self.noise is not None:
+            logits = logits + self.noise
+        return torch.softmax(logits / self.tau, dim=-1)
+
+    def mixed_weight(self) -> Tensor:
+        """``W_mix[g] = sum_c p[g, c] Q_c(W[g])``, shaped like ``weight``."""
+        w = torch.einsum("gc,cgn->gn", self.probs().to(self.weight.dtype), self.candidate_weights())
+        return w.reshape(self.weight.shape)
+
+    def argmax_bits(self) -> Tensor:
+        """Bits ``[G]`` of the most probable choice per subgroup (noise-free)."""
+        return self.choices[self.arch_logits.detach().argmax(-1)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.act_quant(x), self.mixed_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{nn.Linear.extra_repr(self)}, choices={self.choices.tolist()}, subgroups={self.num_subgroups}, "
+                f"scheme={self.scheme}, mode={self.mode}, tau={self.tau:.3g}")
+
+
+def supernet_modules(model: nn.Module) -> dict[str, SupernetLinear]:
+    """All :class:`SupernetLinear` modules by name, in model order.
+
+    Example:
+        >>> supernet_modules(nn.Sequential(nn.Linear(2, 2)))
+        {}
+    """
+    return {n: m for n, m in model.named_modules() if isinstance(m, SupernetLinear)}
+
+
+def arch_groups(model: nn.Module) -> list[tuple[nn.Parameter, list[str]]]:
+    """Each distinct logits Parameter with the names of the modules sharing it (model order).
+
+    Example:
+        >>> arch_groups(nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1)))[0][1]
+        ['0']
+    """
+    groups: dict[int, tuple[nn.Parameter, list[str]]] = {}
+    for name, m in supernet_modules(model).items():
+        groups.setdefault(id(m.arch_logits), (m.arch_logits, []))[1].append(name)
+    return list(groups.values())
+
+
+def arch_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The architecture parameters (distinct logits tensors) -- for the architecture optimizer only.
+
+    Example:
+        >>> len(arch_parameters(nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1))))
+        1
+    """
+    return [p for p, _ in arch_groups(model)]
+
+
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every trainable parameter that is not an architecture parameter -- for the weight optimizer.
+
+    Example:
+        >>> m = nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1))
+        >>> len(weight_parameters(m))  # weight and bias
+        2
+    """
+    arch = {id(p) for p in arch_parameters(model)}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in arch]
+
+
+def set_relaxation(model: nn.Module, mode: str | None = None, tau: float | None = None) -> None:
+    """Set the relaxation ``mode`` (:data:`MODES`) and/or temperature ``tau`` of every searched module.
+
+    Example:
+        >>> set_relaxation(nn.Sequential(), mode="gumbel", tau=2.0)
+    """
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"unknown relaxation mode {mode!r}; expected one of {MODES}")
+    if tau is not None and not tau > 0:
+        raise ValueError(f"temperature must be > 0, got {tau}")
+    for m in supernet_modules(model).values():
+        m.mode = mode or m.mode
+        m.tau = m.tau if tau is None else float(tau)
+
+
+@torch.no_grad()
+def resample(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Draw fresh Gumbel noise, once per logits tensor, shared by all modules tied to it.
+
+    Call once per training step, before the forward passes of that step (both the weight
+    and the architecture step then see the same sample).
+
+    Example:
+        >>> resample(nn.Sequential())
+    """
+    for logits, names in arch_groups(model):
+        # Gumbel(0, 1) = -log(Exp(1)); drawn on CPU so a seeded generator works on any device.
+        e = torch.empty(logits.shape, dtype=torch.float32).exponential_(generator=generator)
+        noise = (-e.clamp_min(1e-20).log()).to(device=logits.device, dtype=logits.dtype)
+        for name in names:
+            model.get_submodule(name).noise = noise
+
+
+def build_supernet(model: nn.Module, space: SearchSpace, *, init_std: float = 1e-3) -> list[str]:
+    """Turn ``model`` into a supernet in place; returns the searched module names (model order).
+
+    Searched Linears become :class:`SupernetLinear` (tied ones share one logits Parameter);
+    the space's embeddings are fixed at ``space.embedding_bits`` with ``apply_assignment``.
+
+    Example:
+        >>> names = build_supernet(model, load_space("aqbert"))  # doctest: +SKIP
+    """
+    plan = space.plan(model)  # validates everything before the first change
+    if space.embedding_bits is not None:
+        emb = {}
+        for name in select_modules(model, space.embeddings, nn.Embedding):
+            rows, cols = model.get_submodule(name).weight.shape
+            emb[name] = ModuleBits(1, (space.embedding_bits,), rows, cols, "embedding")
+        apply_assignment(model, BitAssignment(modules=emb, scheme=space.scheme, act_bits=space.act_bits))
+    shared: dict[str, nn.Parameter] = {}
+    for sm in plan:
+        linear = model.get_submodule(sm.name)
+        if isinstance(linear, SupernetLinear):
+            raise ValueError(f"{sm.name} is already a SupernetLinear; build_supernet runs once per model")
+        new = SupernetLinear.from_linear(linear, sm.choices, sm.num_subgroups, space.scheme, space.act_bits,
+                                         arch_logits=shared.get(sm.tie_key), init_std=init_std)
+        shared.setdefault(sm.tie_key, new.arch_logits)
+        parent, _, child = sm.name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return [sm.name for sm in plan]
+
+
+@torch.no_grad()
+def arch_entropy(model: nn.Module) -> float:
+    """Mean entropy (nats) of the noise-free choice distributions ``softmax(alpha)``, one per subgroup.
+
+    Starts near ``log C`` and falls as the search commits; tied subgroups count once.
+
+    Example:
+        >>> m = nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1, init_std=0.0))
+        >>> round(arch_entropy(m), 4) == round(math.log(2), 4)
+        True
+    """
+    rows = [torch.distributions.Categorical(logits=p.detach().float()).entropy() for p in arch_parameters(model)]
+    if not rows:
+        raise ValueError(f"{type(model).__name__} has no SupernetLinear modules; call build_supernet first")
+    return torch.cat(rows).mean().item()
+
+
+__all__ = ["MODES", "SupernetLinear", "TemperatureSchedule", "arch_entropy", "arch_groups", "arch_parameters",
+           "build_supernet", "resample", "set_relaxation", "supernet_modules", "weight_parameters"]

@@ -1,0 +1,155 @@
+"""SupernetLinear numerics against fixed QuantLinears and loop references; ties; relaxation; schedule."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from amqs.quant.functions import quantize_subgroups, to_subgroups
+from amqs.quant.modules import QuantEmbedding, QuantLinear
+from amqs.search.space import load_space
+from amqs.search.supernet import (
+    SupernetLinear,
+    TemperatureSchedule,
+    arch_entropy,
+    arch_parameters,
+    build_supernet,
+    resample,
+    set_relaxation,
+    supernet_modules,
+    weight_parameters,
+)
+from tests.search import batch, tiny_bert
+
+CHOICES = (0, 2, 4, 8)
+
+
+def one_hot_logits(bits: list[int], choices: tuple[int, ...] = CHOICES) -> torch.Tensor:
+    idx = torch.tensor([choices.index(b) for b in bits])
+    # exp(-1e4) underflows to exactly 0, so the softmax is exactly one-hot.
+    return torch.where(torch.nn.functional.one_hot(idx, len(choices)).bool(), 0.0, -1e4)
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "symmetric", "twn", "lsq"])
+@pytest.mark.parametrize("mode", ["softmax", "argmax"])
+def test_one_hot_equals_fixed_quantlinear(scheme: str, mode: str) -> None:
+    torch.manual_seed(0)
+    lin, bits = nn.Linear(16, 8), [8, 0, 2, 4]
+    sn = SupernetLinear.from_linear(copy.deepcopy(lin), CHOICES, num_subgroups=4, scheme=scheme)
+    with torch.no_grad():
+        sn.arch_logits.copy_(one_hot_logits(bits))
+    set_relaxation(sn, mode=mode)
+    ref = QuantLinear.from_linear(lin, bits, scheme)
+    x = torch.randn(5, 16)
+    assert torch.equal(sn.mixed_weight(), ref.quantized_weight())
+    assert torch.equal(sn(x), ref(x))  # activations: same fresh ActQuant, same first-batch range
+    assert torch.equal(sn.argmax_bits(), torch.tensor(bits))
+
+
+def test_vectorized_candidates_equal_loop_reference() -> None:
+    torch.manual_seed(1)
+    sn = SupernetLinear.from_linear(nn.Linear(12, 16), CHOICES, num_subgroups=8)
+    set_relaxation(sn, mode="softmax", tau=0.7)
+    with torch.no_grad():
+        sn.arch_logits.normal_()
+    wg = to_subgroups(sn.weight, 8)
+    cands = sn.candidate_weights()
+    for c, b in enumerate(CHOICES):
+        assert torch.equal(cands[c], quantize_subgroups(wg, torch.full((8,), b)))
+    p = torch.softmax(sn.arch_logits / 0.7, -1)
+    ref = torch.stack([sum(p[g, c] * cands[c, g] for c in range(len(CHOICES))) for g in range(8)])
+    torch.testing.assert_close(sn.mixed_weight(), ref.reshape(16, 12), rtol=1e-6, atol=1e-7)
+
+
+def test_gradients_reach_weights_and_logits() -> None:
+    torch.manual_seed(2)
+    sn = SupernetLinear.from_linear(nn.Linear(8, 4), CHOICES, num_subgroups=2)
+    resample(sn)
+    sn(torch.randn(3, 8)).pow(2).sum().backward()
+    for p in (sn.weight, sn.bias, sn.arch_logits):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    # the prune candidate contributes no gradient to the weights: all-prune subgroups get none
+    sn.zero_grad()
+    with torch.no_grad():
+        sn.arch_logits.copy_(one_hot_logits([0, 8]))
+    set_relaxation(sn, mode="softmax")
+    sn(torch.randn(3, 8)).pow(2).sum().backward()
+    assert sn.weight.grad[:2].abs().sum() == 0 and sn.weight.grad[2:].abs().sum() > 0
+
+
+def test_supernet_model_forward_backward_and_parameter_split() -> None:
+    model = tiny_bert()
+    names = build_supernet(model, load_space("default"))
+    assert len(names) == 12 and set(supernet_modules(model)) == set(names)
+    assert isinstance(model.bert.embeddings.word_embeddings, QuantEmbedding)
+    assert model.bert.embeddings.word_embeddings.bits.tolist() == [8]
+    arch, weights = arch_parameters(model), weight_parameters(model)
+    assert {id(p) for p in arch}.isdisjoint(id(p) for p in weights)
+    assert len(arch) + len(weights) == len(list(model.parameters()))
+    resample(model)
+    model(**batch(0)).loss.backward()
+    assert all(p.grad is not None for p in arch)
+    assert model.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+    with pytest.raises(ValueError, match="already a SupernetLinear"):
+        build_supernet(model, load_space("default"))
+
+
+def test_tied_modules_share_logits_and_noise() -> None:
+    model = tiny_bert()
+    build_supernet(model, load_space("structured"))
+    att = model.bert.encoder.layer[1].attention.self
+    assert att.query.arch_logits is att.key.arch_logits is att.value.arch_logits
+    assert att.query.arch_logits is not model.bert.encoder.layer[0].attention.self.query.arch_logits
+    resample(model, torch.Generator().manual_seed(0))
+    assert att.query.noise is att.key.noise is att.value.noise
+    assert torch.equal(att.query.probs(), att.value.probs())
+    # a checkpoint round trip into a freshly built supernet keeps the tie
+    state = model.state_dict()
+    fresh = tiny_bert(seed=3)
+    build_supernet(fresh, load_space("structured"))
+    fresh.load_state_dict(state)
+    fatt = fresh.bert.encoder.layer[1].attention.self
+    assert fatt.query.arch_logits is fatt.key.arch_logits
+    assert torch.equal(fatt.key.arch_logits, att.key.arch_logits)
+
+
+def test_gumbel_noise_only_in_training_and_gumbel_mode() -> None:
+    torch.manual_seed(4)
+    sn = SupernetLinear.from_linear(nn.Linear(8, 4), CHOICES, num_subgroups=4)
+    clean = torch.softmax(sn.arch_logits, -1)
+    assert torch.equal(sn.probs(), clean)  # no noise drawn yet
+    resample(sn, torch.Generator().manual_seed(0))
+    noisy = sn.probs()
+    assert not torch.allclose(noisy, clean)
+    resample(sn, torch.Generator().manual_seed(0))
+    assert torch.equal(sn.probs(), noisy)  # seeded: reproducible
+    sn.eval()
+    assert torch.equal(sn.probs(), clean)
+    sn.train()
+    set_relaxation(sn, mode="softmax", tau=2.0)
+    assert torch.allclose(sn.probs(), torch.softmax(sn.arch_logits / 2.0, -1))
+    with pytest.raises(ValueError, match="unknown relaxation mode"):
+        set_relaxation(sn, mode="hard")
+
+
+def test_temperature_schedule() -> None:
+    s = TemperatureSchedule(t0=5.0, eta=0.5, n0=2.0, t_min=0.5)
+    assert s(0.0) == s(1.5) == s(2.0) == 5.0  # held at t0 before N0
+    assert s(3.0) == pytest.approx(5.0 * math.exp(-0.5))
+    assert s(4.5) == pytest.approx(5.0 * math.exp(-1.25))
+    assert s(100.0) == 0.5  # floor
+    assert TemperatureSchedule()(0.0) == 5.0
+
+
+def test_arch_entropy() -> None:
+    model = nn.Sequential(SupernetLinear.from_linear(nn.Linear(4, 4), CHOICES, 2, init_std=0.0))
+    assert arch_entropy(model) == pytest.approx(math.log(4))
+    with torch.no_grad():
+        model[0].arch_logits.copy_(one_hot_logits([8, 8]))
+    assert arch_entropy(model) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="build_supernet"):
+        arch_entropy(nn.Linear(2, 2))
