@@ -179,6 +179,7 @@ class SearchHParams:
     n0: float = 0.0
     t_min: float = 0.05
     init_std: float = 1.0e-3  # std of the initial logits (breaks argmax ties)
+    init_bias: float = 0.0  # added to the initial logit of each subgroup's most precise choice
     # The architecture optimizer; defaults set in conf/search/*.yaml (AQ-BERT: SGD, lr 0.1).
     arch: ArchitectConfig = field(default_factory=ArchitectConfig)
 

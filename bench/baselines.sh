@@ -5,7 +5,7 @@
 # (../shared/models/minilm-l6-sst2, dev 0.8933). Resumable: rerun after a kill.
 set -euo pipefail
 export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
-BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1"
+BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
 for q in fp32 w8a8 w4a8 w2a8; do
   amqs-qat quant=$q $BUDGET
 done

@@ -41,7 +41,8 @@ from amqs.search.architect import Architect, ArchitectConfig, search_step, weigh
 from amqs.search.derive import derived_assignment
 from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
 from amqs.search.space import load_space
-from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
+from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
+                                  set_relaxation)
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, ResumableSampler, seed_everything
 from amqs.train.qat import load_teacher, run_qat
@@ -78,6 +79,13 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
     space = load_space(s.space)
     model = copy.deepcopy(teacher)
     build_supernet(model, space, init_std=s.init_std)
+    if s.init_bias:
+        # Start near the most precise choice: the supernet then computes nearly the teacher's
+        # function (a uniform mix over {0,2,4,8} scales every weight by ~0.75), and the size
+        # loss walks subgroups down from there.
+        with torch.no_grad():
+            for logits in arch_parameters(model):
+                logits[:, -1] += s.init_bias
     budget = Budget(cfg.budget.kind, float(cfg.budget.value))
     target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
     mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731
@@ -184,6 +192,7 @@ def run_search(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     retrain_cfg = cfg.copy()
     OmegaConf.set_struct(retrain_cfg, False)
     retrain_cfg.name = f"{cfg.name}/retrain"
+    retrain_cfg.quant.name = f"search-{cfg.search.space}"  # the method name its metrics carry
     retrain_cfg.overwrite = False
     init = cfg.model.source if cfg.reinit else None
     retrain = run_qat(retrain_cfg, assignment, command=command, student_init=init)
