@@ -8,23 +8,12 @@ import pickle
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from amqs.quant.assignment import FORMAT_VERSION, BitAssignment, ModuleBits, uniform_assignment
 
+from tests.tiny import tiny_bert
 
-def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        vocab_size=100,
-        max_position_embeddings=64,
-    )
-    return BertForSequenceClassification(config)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
 
 from amqs.quant.assignment import uniform_assignment
 from amqs.quant.modules import QuantLinear
 from amqs.quant.size import model_size, qparam_bits, quant_weight_bits, weight_bits_of
 from amqs.quant.surgery import apply_assignment
+
+from tests.tiny import tiny_bert
 
 H, L, FFN, VOCAB, POS, TYPES, LABELS = 64, 2, 128, 100, 64, 2, 2
 
@@ -32,20 +33,6 @@ HEAD = (H * H + H) + (LABELS * H + LABELS)  # pooler + classifier, never quantiz
 FP32_ENCODER_BITS = L * (LAYER_WEIGHTS + LAYER_BIASES + LAYER_LN) * 32
 FP32_TOTAL_BITS = FP32_ENCODER_BITS + (EMB_WEIGHTS + EMB_LN + HEAD) * 32
 
-
-def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=H,
-        num_hidden_layers=L,
-        num_attention_heads=4,
-        intermediate_size=FFN,
-        vocab_size=VOCAB,
-        max_position_embeddings=POS,
-        type_vocab_size=TYPES,
-        num_labels=LABELS,
-    )
-    return BertForSequenceClassification(config)
 
 
 def test_fp32_model() -> None:

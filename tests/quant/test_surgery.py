@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from amqs.quant.assignment import BitAssignment, ModuleBits, uniform_assignment
 from amqs.quant.modules import QuantEmbedding, QuantLinear
@@ -18,19 +18,11 @@ from amqs.quant.surgery import (
     quantized_modules,
     select_modules,
 )
+from tests.tiny import tiny_bert as _tiny_bert
 
 
 def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        vocab_size=100,
-        max_position_embeddings=64,
-    )
-    return BertForSequenceClassification(config).eval()
+    return _tiny_bert().eval()
 
 
 def _inputs() -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from amqs.quant.modules import ActQuant
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
-from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
+from amqs.search.objective import Budget, SearchObjective, resolve_budget
 from amqs.search.space import load_space
 from amqs.search.supernet import (
     SupernetLinear,
@@ -21,7 +21,7 @@ from amqs.search.supernet import (
     set_relaxation,
     weight_parameters,
 )
-from tests.search import batch, tiny_bert
+from tests.tiny import batch, tiny_bert
 
 
 def bert_supernet(dropout: float = 0.0) -> nn.Module:

@@ -16,7 +16,7 @@ from amqs.search.derive import derived_assignment, repair_choices
 from amqs.search.objective import Budget, argmax_size_bits, resolve_budget
 from amqs.search.space import load_space
 from amqs.search.supernet import arch_parameters, build_supernet, supernet_modules
-from tests.search import tiny_bert
+from tests.tiny import tiny_bert
 
 
 def searched(space_name: str, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:

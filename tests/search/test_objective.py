@@ -22,7 +22,7 @@ from amqs.search.objective import (
 )
 from amqs.search.space import load_space
 from amqs.search.supernet import arch_parameters, build_supernet, set_relaxation, supernet_modules
-from tests.search import tiny_bert
+from tests.tiny import tiny_bert
 
 # Tiny BERT encoder: per layer biases 4*64 + 128 + 64 = 448 and LayerNorms 4*64 = 256 (fp32), plus
 # one 64-bit activation range per searched Linear (6 per layer).

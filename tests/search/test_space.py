@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from amqs.search.space import SPACES_DIR, SpaceError, list_spaces, load_space, lookup_choice, space_from_dict
 from amqs.search.supernet import arch_groups, build_supernet
-from tests.search import MINILM, tiny_bert
+from tests.tiny import MINILM, tiny_bert
 
 ENC = r"bert\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 

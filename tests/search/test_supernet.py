@@ -23,7 +23,7 @@ from amqs.search.supernet import (
     supernet_modules,
     weight_parameters,
 )
-from tests.search import batch, tiny_bert
+from tests.tiny import batch, tiny_bert
 
 CHOICES = (0, 2, 4, 8)
 
