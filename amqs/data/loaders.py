@@ -41,15 +41,20 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader of padded batches (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``)."""
+    """A DataLoader of padded batches (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``).
+
+    ``rank``/``world_size`` shard a shuffled loader across torchrun processes.
+    """
     tokenized = tokenize(ds, tokenizer, max_length)
     tokenized.set_format("torch")
     return DataLoader(
         tokenized,
         batch_size=batch_size,
         # A seeded sampler that can start mid-epoch, so a killed run resumes exactly.
-        sampler=ResumableSampler(len(tokenized), seed) if shuffle else None,
+        sampler=ResumableSampler(len(tokenized), seed, rank, world_size) if shuffle else None,
         # Its own generator keeps DataLoader's per-epoch seed draw off the global RNG, whose
         # state a checkpoint restores (dropout masks then replay exactly after a resume).
         generator=torch.Generator().manual_seed(seed),

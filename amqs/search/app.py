@@ -3,6 +3,7 @@
     amqs-search teacher=shared_sst2 budget=c13                  # SST-2, default space, 13x encoder compression
     amqs-search search=aqbert budget.kind=avg_bits budget.value=3
     amqs-search debug=smoke                                     # tiny model, seconds
+    torchrun --nproc_per_node=2 -m amqs.search.app debug=smoke  # the search on 2 processes (gloo on CPU)
 
 Writes ``results/runs/<name>/`` (see amqs.search.run) and a row of ``results/search.csv``.
 """
@@ -26,6 +27,8 @@ SEARCH_COLUMNS = ("task", "space", "budget_compression", "encoder_bytes", "compr
 def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
     """Run (or reuse) one budget; record it in results/search.csv."""
     m = run_search(cfg, command=command)
+    if not m:  # a non-main torchrun rank: rank 0 writes the results
+        return m
     row = {**{k: m[k] for k in SEARCH_COLUMNS if k in m},
            "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
            "epochs": f"search {m['search_epochs']} + retrain {m['retrain_epochs']}"}

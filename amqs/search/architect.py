@@ -133,6 +133,8 @@ class Architect:
             raise ValueError(f"{type(model).__name__} has no architecture parameters; call build_supernet first")
         self.weights = weight_parameters(model)
         self.optimizer = _arch_optimizer(self.arch, self.cfg)
+        # Called with the architecture gradients before the update (multi-process: average them).
+        self.grad_hook: Callable[[list[Tensor]], None] | None = None
 
     def active(self, step: int, steps_per_epoch: int | None = None) -> bool:
         """Whether global ``step`` is past the warm-up (N1) and the architecture should move."""
@@ -158,6 +160,8 @@ class Architect:
             else:
                 loss = self.val_loss(self.model, val_batch)
                 grads = _grads(loss, self.arch)
+        if self.grad_hook is not None:
+            self.grad_hook(grads)
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.arch, grads):
             p.grad = g.to(p.dtype)
@@ -216,10 +220,13 @@ def search_step(
     max_grad_norm: float | None = 1.0,
     scheduler: Any = None,
     generator: torch.Generator | None = None,
+    grad_hook: Callable[[list[Tensor | None]], None] | None = None,
 ) -> dict[str, float]:
     """One bilevel step: set ``tau``, resample the Gumbel noise, arch step (after warm-up), weight step.
 
     The architecture step comes first (DARTS order) and both steps see the same noise sample.
+    ``grad_hook`` sees the weight gradients before clipping (multi-process: average them; the
+    architect's own ``grad_hook`` does the same for the logits).
     Returns ``{"train_loss", "val_loss" (only when the architecture moved)}``.
 
     Example:
@@ -235,6 +242,8 @@ def search_step(
     weight_opt.zero_grad(set_to_none=True)
     loss = train_loss(model, train_batch)
     loss.backward(inputs=weights)  # the logits get no gradient from the train loss
+    if grad_hook is not None:
+        grad_hook([w.grad for w in weights])
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(weights, max_grad_norm)
     weight_opt.step()

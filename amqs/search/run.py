@@ -46,7 +46,8 @@ from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parame
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, ResumableSampler, seed_everything
 from amqs.train.qat import load_teacher, run_qat
-from amqs.utils.run import config_hash, git_revision, prepare_run_dir, save_config, write_json
+from amqs.utils.dist import all_reduce_mean, average_buffers, barrier, init_distributed, is_main, same_on_all_ranks
+from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,15 @@ def _cycle(loader: DataLoader, start_step: int) -> Iterator[dict[str, torch.Tens
 
 
 def search(cfg: DictConfig, out: Path) -> BitAssignment:
-    """Train the supernet bilevel and return the derived, repaired assignment (resumable)."""
+    """Train the supernet bilevel and return the derived, repaired assignment (resumable).
+
+    Under torchrun every rank trains on its shard of both splits and gradients (weights and
+    logits) are averaged, so all ranks hold the same supernet; rank 0 logs and checkpoints.
+    """
     s = cfg.search
-    seed_everything(cfg.train.seed)  # the logits' initial noise, dropout
+    rank, world = init_distributed(cfg.device)
+    main = rank == 0
+    seed_everything(cfg.train.seed)  # the logits' initial noise: the same on every rank
     task = get_task(cfg.data.task)
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
@@ -89,7 +96,8 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
     budget = Budget(cfg.budget.kind, float(cfg.budget.value))
     target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
     mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731
-                                         batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+                                         batch_size=cfg.train.batch_size, shuffle=True, seed=seed,
+                                         rank=rank, world_size=world)
     train_loader, val_loader = mk("train", cfg.train.seed), mk("search_val", cfg.train.seed + 1)
     steps_per_epoch = len(train_loader)
     total = max(1, math.ceil(s.epochs * steps_per_epoch))
@@ -99,6 +107,7 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
                                 encoder_prefix=space.encoder_prefix)
     arch_cfg = ArchitectConfig(**OmegaConf.to_container(s.arch, resolve=True))
     architect = Architect(model, val_loss=objective, train_loss=train_loss, cfg=arch_cfg)
+    architect.grad_hook = all_reduce_mean  # no-op in a single process
     wopt = weight_optimizer(model, s.weight_lr, cfg.train.weight_decay)
     sched = get_linear_schedule_with_warmup(wopt, int(cfg.train.warmup_ratio * total), total)
     schedule = TemperatureSchedule(t0=s.t0, eta=s.eta, n0=s.n0, t_min=s.t_min)
@@ -118,19 +127,21 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
         gumbel.set_state(st["gumbel_rng"])
         step, seconds_before = st["step"], st["seconds"]
         log.info("resumed the search from %s at step %d/%d", state_path, step, total)
+    torch.manual_seed(cfg.train.seed + 1000 * rank + step)  # dropout differs across ranks
     train_iter, val_iter = _cycle(train_loader, step), _cycle(val_loader, step)
     log_path = out / "search_log.jsonl"
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc=f"search {cfg.name}", disable=not cfg.train.progress,
+    bar = tqdm(total=total, initial=step, desc=f"search {cfg.name}", disable=not (cfg.train.progress and main),
                dynamic_ncols=True)
     model.train()
-    with log_path.open("a") as logf:
+    with open(log_path if main else os.devnull, "a") as logf:
         while step < total:
             epoch = step / steps_per_epoch
             tau = schedule(epoch)
             stats = search_step(model, architect, wopt, next(train_iter), next(val_iter), step=step,
                                 train_loss=train_loss, tau=tau, steps_per_epoch=steps_per_epoch,
-                                max_grad_norm=cfg.train.max_grad_norm, scheduler=sched, generator=gumbel)
+                                max_grad_norm=cfg.train.max_grad_norm, scheduler=sched, generator=gumbel,
+                                grad_hook=all_reduce_mean)
             if not all(math.isfinite(v) for v in stats.values()):
                 raise NonFiniteLossError(f"search loss {stats} at step {step + 1}/{total}; the last checkpoint "
                                          f"({state_path}) is kept. Lower search.weight_lr / search.arch.lr.")
@@ -144,6 +155,9 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
                 bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}",
                                 MB=f"{row['expected_bytes'] / 1e6:.2f}/{target / 1e6:.2f}")
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
+                average_buffers(model)  # activation ranges saw different shards
+                if not main:
+                    continue
                 ckpt.mkdir(parents=True, exist_ok=True)
                 tmp = state_path.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "wopt": wopt.state_dict(), "sched": sched.state_dict(),
@@ -152,10 +166,13 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
                             "seconds": seconds_before + time.perf_counter() - t0}, tmp)
                 os.replace(tmp, state_path)
     bar.close()
+    average_buffers(model)
     search_config = OmegaConf.to_container(s, resolve=True)
     assignment = derived_assignment(model, space, budget, eps=s.eps, search_config=search_config)
+    if not same_on_all_ranks(int(fingerprint(assignment.to_dict()), 16) >> 1):
+        raise RuntimeError("the ranks derived different assignments: their supernets diverged")
     meta = {**assignment.meta, "search_seconds": round(seconds_before + time.perf_counter() - t0, 1),
-            "search_steps": total, "final_arch_entropy": arch_entropy(model)}
+            "search_steps": total, "final_arch_entropy": arch_entropy(model), "world_size": world}
     return BitAssignment(modules=assignment.modules, scheme=assignment.scheme, act_bits=assignment.act_bits,
                          meta=meta)
 
@@ -172,22 +189,29 @@ def run_search(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     """Search, derive, retrain and evaluate one budget; returns (and writes) the run's metrics."""
     out = run_dir(cfg)
     fp = config_hash(cfg)
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)  # search, bits.json and retrain all belong to the old config
-    done = prepare_run_dir(out, fp, False)
-    if done is not None:
+    init_distributed(cfg.device)
+    done = None
+    if is_main():
+        if cfg.overwrite and out.exists():
+            shutil.rmtree(out)  # search, bits.json and retrain all belong to the old config
+        done = prepare_run_dir(out, fp, False)
+    barrier()
+    if done is not None or (out / "metrics.json").exists():
         log.info("reusing the finished run in %s", out)
-        return done
+        return done or json.loads((out / "metrics.json").read_text())
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
-    save_config(cfg, out / "config.yaml")
     bits_path = out / "bits.json"
     if bits_path.exists():  # the search finished before an interruption
         assignment = BitAssignment.from_json(bits_path)
     else:
         assignment = search(cfg, out)
-        assignment.to_json(bits_path)
+        if is_main():
+            assignment.to_json(bits_path)
+    if not is_main():
+        return {}  # the retrain (a plain QAT run) is single-process: rank 0 does it
+    save_config(cfg, out / "config.yaml")
     # The retrain is a plain QAT run of the fixed assignment, in its own folder.
     retrain_cfg = cfg.copy()
     OmegaConf.set_struct(retrain_cfg, False)

@@ -43,10 +43,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded random permutation per epoch that can start part-way through an epoch."""
+    """A seeded random permutation per epoch that can start part-way through an epoch.
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    With ``world_size > 1`` each rank takes every ``world_size``-th index of the same permutation
+    (its shard), so ranks see disjoint data; ``skip`` counts within the shard.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -54,10 +60,11 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.skip :].tolist())
+        perm = torch.randperm(self.n, generator=g)[self.rank :: self.world_size]
+        return iter(perm[self.skip :].tolist())
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return len(range(self.rank, self.n, self.world_size)) - self.skip
 
 
 @dataclass
