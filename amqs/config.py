@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -185,6 +185,61 @@ class SearchHParams:
 
 
 @dataclass
+class ParamSpec:
+    """One tuned hyper-parameter of the Optuna study (validated by ``amqs.outer.space``)."""
+
+    key: Optional[str] = None  # dotted config key it overrides (e.g. search.lam); None: the param's name
+    type: str = "float"  # float | int | categorical
+    low: Optional[float] = None  # float/int: inclusive range
+    high: Optional[float] = None
+    log: bool = False  # sample log-uniformly (low > 0)
+    step: Optional[float] = None  # float/int: grid step (not with log)
+    choices: Optional[list[Any]] = None  # categorical: the values (None/bool/int/float/str)
+
+
+@dataclass
+class OuterSamplerConfig:
+    name: str = "tpe"  # tpe (multi-objective TPE) | nsga2 | random
+    n_startup_trials: int = 4  # tpe: random trials before the model takes over
+    population_size: int = 8  # nsga2: trials per generation
+
+
+@dataclass
+class OuterPrunerConfig:
+    """Early stopping of hopeless trials from the search's intermediate values (amqs.outer.pruning)."""
+
+    # pareto_median (any number of objectives) | median | successive_halving (Optuna's: one objective
+    # only, Optuna refuses Trial.should_prune in multi-objective studies) | none (report only)
+    name: str = "pareto_median"
+    metric: str = "train_loss"  # a key of the search log row; lower is better
+    window: int = 3  # the reported value is the mean of the metric over the last `window` log points
+    n_startup_trials: int = 2  # finished trials to compare with before anything is pruned
+    n_warmup_steps: int = 0  # no pruning before this search step
+    percentile: float = 50.0  # pareto_median / median: prune above this percentile of the others
+    min_resource: int = 1  # successive_halving
+    reduction_factor: int = 3  # successive_halving
+
+
+@dataclass
+class OuterConfig:
+    """The Optuna study around the search (``amqs-search outer=optuna``; amqs.outer.study)."""
+
+    name: str = "${data.task}-${model.name}-${search.space}"  # results/studies/<name>/
+    storage: Optional[str] = None  # any Optuna RDB URL; None: sqlite in results/studies/<name>/study.db
+    n_trials: int = 20  # the study ends with this many COMPLETE + PRUNED trials
+    # Registered names (amqs.outer.study.OBJECTIVES), each with its own direction.
+    objectives: list[str] = field(default_factory=lambda: ["search_val_accuracy", "encoder_bytes"])
+    seed: Optional[int] = 0  # sampler seed (+ trials already in the study); None: fresh entropy
+    sampler: OuterSamplerConfig = field(default_factory=OuterSamplerConfig)
+    pruner: OuterPrunerConfig = field(default_factory=OuterPrunerConfig)
+    # Optuna heartbeat: a RUNNING trial silent for grace_period seconds (its process died) is FAILED.
+    heartbeat_interval: int = 30
+    grace_period: Optional[int] = None  # None: 4 x heartbeat_interval
+    max_consecutive_failures: int = 3  # stop the worker after this many failed trials in a row
+    params: dict[str, ParamSpec] = field(default_factory=dict)  # name -> range (conf/outer/*.yaml)
+
+
+@dataclass
 class SearchConfig:
     """Root schema of ``amqs-search``: search -> derive -> retrain -> evaluate for one budget."""
 
@@ -202,6 +257,7 @@ class SearchConfig:
     eval_search_val: bool = True
     overwrite: bool = False
     device: str = "cpu"
+    outer: Optional[OuterConfig] = None  # set (outer=optuna): run an Optuna study instead of one budget
 
 
 def register_configs() -> None:

@@ -1,1 +1,1 @@
-"""Reports: result tables rendered to Markdown (and, later, Pareto fronts and plots)."""
+"""Reports: result tables rendered to Markdown , Pareto fronts and plots."""

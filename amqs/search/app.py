@@ -4,8 +4,10 @@
     amqs-search search=aqbert budget.kind=avg_bits budget.value=3
     amqs-search debug=smoke                                     # tiny model, seconds
     torchrun --nproc_per_node=2 -m amqs.search.app debug=smoke  # the search on 2 processes (gloo on CPU)
+    amqs-search outer=optuna debug=smoke                        # an Optuna study (amqs.outer.study)
 
-Writes ``results/runs/<name>/`` (see amqs.search.run) and a row of ``results/search.csv``.
+Writes ``results/runs/<name>/`` (see amqs.search.run) and a row of ``results/search.csv``; with
+``outer=...``, a study in ``results/studies/<outer.name>/`` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
+from amqs.outer.study import run_study
 from amqs.search.run import run_search
 from amqs.utils.run import command_line, upsert_csv
 
@@ -25,7 +28,9 @@ SEARCH_COLUMNS = ("task", "space", "budget_compression", "encoder_bytes", "compr
 
 
 def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
-    """Run (or reuse) one budget; record it in results/search.csv."""
+    """Run (or reuse) one budget and record it in results/search.csv; with ``cfg.outer``, run the study."""
+    if cfg.get("outer") is not None:
+        return run_study(cfg, command=command)
     m = run_search(cfg, command=command)
     if not m:  # a non-main torchrun rank: rank 0 writes the results
         return m

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
 
+# Called at every search log point with the global step and the logged row (rank 0 only); an
+# exception it raises (e.g. ``optuna.TrialPruned``) ends the search and propagates to the caller.
+ProgressFn = Callable[[int, dict[str, Any]], None]
+
 
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results_dir) / "runs" / cfg.name
@@ -70,11 +74,13 @@ def _cycle(loader: DataLoader, start_step: int) -> Iterator[dict[str, torch.Tens
         epoch, skip = epoch + 1, 0
 
 
-def search(cfg: DictConfig, out: Path) -> BitAssignment:
+def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None) -> BitAssignment:
     """Train the supernet bilevel and return the derived, repaired assignment (resumable).
 
     Under torchrun every rank trains on its shard of both splits and gradients (weights and
     logits) are averaged, so all ranks hold the same supernet; rank 0 logs and checkpoints.
+    ``on_progress(step, row)`` sees every logged row on rank 0 (pruning is for single-process
+    runs: under torchrun an exception from it would stop rank 0 alone).
     """
     s = cfg.search
     rank, world = init_distributed(cfg.device)
@@ -152,6 +158,8 @@ def search(cfg: DictConfig, out: Path) -> BitAssignment:
                 row = {"step": step, "epoch": step / steps_per_epoch, "tau": tau, **stats, **objective.stats(model)}
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
+                if on_progress is not None and main:
+                    on_progress(step, row)  # may raise (a pruned trial); the last checkpoint stays
                 bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}",
                                 MB=f"{row['expected_bytes'] / 1e6:.2f}/{target / 1e6:.2f}")
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
@@ -185,8 +193,14 @@ def pruned_fraction(assignment: BitAssignment) -> float:
     return pruned / total if total else 0.0
 
 
-def run_search(cfg: DictConfig, command: str = "") -> dict[str, Any]:
-    """Search, derive, retrain and evaluate one budget; returns (and writes) the run's metrics."""
+def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[ProgressFn] = None) -> dict[str, Any]:
+    """Search, derive, retrain and evaluate one budget; returns (and writes) the run's metrics.
+
+    ``on_progress(step, row)`` is called at each search log point (see :func:`search`); the
+    retrain does not report. Example::
+
+        metrics = run_search(cfg, on_progress=lambda step, row: print(step, row["train_loss"]))
+    """
     out = run_dir(cfg)
     fp = config_hash(cfg)
     init_distributed(cfg.device)
@@ -206,7 +220,7 @@ def run_search(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     if bits_path.exists():  # the search finished before an interruption
         assignment = BitAssignment.from_json(bits_path)
     else:
-        assignment = search(cfg, out)
+        assignment = search(cfg, out, on_progress)
         if is_main():
             assignment.to_json(bits_path)
     if not is_main():

@@ -1,0 +1,331 @@
+"""The Optuna outer loop: a multi-objective study over the budget and the search hyper-parameters.
+
+    amqs-report results/studies/<name>                    # after (or during) a study: the Pareto report
+    amqs-search outer=optuna debug=smoke                  # 2 trials of the tiny model, about a minute
+    amqs-search outer=quick                               # 6 trials of MiniLM on SST-2, about an hour on 2 cores
+    amqs-search outer=optuna teacher=shared_sst2 outer.n_trials=40 outer.storage=postgresql://...
+
+Each trial samples ``outer.params`` (amqs.outer.space), applies them as overrides of the composed
+config, and runs search -> derive -> retrain -> evaluate (``run_search``) in
+``results/studies/<name>/runs/trial_<n>/``. Its objective values are ``outer.objectives``
+(search-validation accuracy up, encoder bytes down by default); dev metrics are only stored as user
+attributes. The search reports intermediate values so hopeless trials are pruned (amqs.outer.pruning).
+
+Storage and resumption: an Optuna RDB storage (SQLite ``study.db`` in the study folder by default,
+any SQLAlchemy URL otherwise) with heartbeats. A worker that dies leaves its trial RUNNING; once
+that trial has had no heartbeat for ``outer.grace_period`` seconds, the next worker (or a rerun of
+the same command) marks it FAILED and the study goes on until ``outer.n_trials`` trials are
+COMPLETE or PRUNED. Several workers may share one storage.
+
+Shared once per study, not per trial: the teacher (resolved and checked before the first trial,
+pinned as an absolute path in every trial's config; a missing one fails with the command that
+makes it), the composed and resolved base config, the storage. Each trial reads its capped GLUE
+splits and the teacher from disk (seconds, against minutes of search and retrain).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from amqs.outer.pruning import ProgressReporter, make_pruner
+from amqs.outer.space import ParamSpace, parse_space
+from amqs.search.run import run_search
+from amqs.train.loop import NonFiniteLossError
+from amqs.utils.run import config_hash, fingerprint, save_config, write_json
+
+log = logging.getLogger(__name__)
+
+# Objective name -> direction. Model selection uses the search-validation split only.
+OBJECTIVES: dict[str, str] = {
+    "search_val_accuracy": "maximize",
+    "search_val_f1": "maximize",
+    "encoder_bytes": "minimize",
+    "total_bytes": "minimize",
+    "latency_ms": "minimize",
+}
+NOT_YET = {"latency_ms": "measured latency needs the ONNX Runtime exporter, which does not exist yet "
+                         "(README, Status); use encoder_bytes or total_bytes"}
+# Run metrics stored on every finished trial (user attributes; dev is reported, never selected on).
+REPORTED = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "encoder_bytes", "total_bytes",
+            "fp32_encoder_bytes", "compression", "total_compression", "avg_bits", "pruned_fraction",
+            "target_bytes", "repair_steps", "search_seconds", "retrain_seconds", "seconds")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STUDY_FILE = "study.json"  # what amqs-report needs to find the study
+DB_FILE = "study.db"
+
+
+class _SurplusTrial(Exception):
+    """A trial asked for after the last slot was taken by another worker."""
+
+
+@dataclass
+class StudySetup:
+    """What every trial of a study shares, computed once."""
+
+    dir: Path
+    objectives: list[str]
+    space: ParamSpace
+    base: DictConfig  # the resolved config of one run, teacher pinned, before the trial's overrides
+    command: str
+
+
+def resolve_objectives(names: Sequence[str]) -> list[str]:
+    """Check ``outer.objectives``; returns the names (directions: :data:`OBJECTIVES`).
+
+    Example:
+        >>> [OBJECTIVES[n] for n in resolve_objectives(["search_val_accuracy", "encoder_bytes"])]
+        ['maximize', 'minimize']
+    """
+    names = list(names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"outer.objectives must be distinct names of {sorted(OBJECTIVES)}, got {names}")
+    for n in names:
+        if n.startswith("dev_"):
+            raise ValueError(f"outer.objectives: {n!r} would select models on dev, which is only ever reported; "
+                             "use search_val_accuracy / search_val_f1")
+        if n in NOT_YET:
+            raise NotImplementedError(f"outer.objectives: {n!r} is not available yet: {NOT_YET[n]}")
+        if n not in OBJECTIVES:
+            raise ValueError(f"outer.objectives: unknown objective {n!r}; known: {sorted(OBJECTIVES)}")
+    return names
+
+
+def study_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.results_dir) / "studies" / cfg.outer.name
+
+
+def trial_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+def make_storage(url: str, heartbeat_interval: int, grace_period: int,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats (SQLite waits for the file lock instead of failing).
+
+    ``on_stale(study, trial)`` runs for each RUNNING trial this process marks FAILED.
+
+    Example:
+        >>> storage = make_storage("sqlite:///results/studies/s/study.db", 30, 120)   # doctest: +SKIP
+    """
+    import sqlalchemy
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period, heartbeat_stale_trial_callback=on_stale)
+        except (sqlalchemy.exc.ArgumentError, ImportError) as e:
+            raise ValueError(f"outer.storage: {e}. Give an SQLAlchemy URL (sqlite:///path/study.db, "
+                             "postgresql://user:password@host/db with psycopg2 installed, ...)") from e
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))  # workers started together race to create the new tables
+    raise AssertionError("unreachable")
+
+
+def make_sampler(cfg: DictConfig | Any, seed: int | None) -> optuna.samplers.BaseSampler:
+    if cfg.name == "tpe":  # Optuna's TPE handles several objectives (MOTPE)
+        return optuna.samplers.TPESampler(n_startup_trials=cfg.n_startup_trials, seed=seed)
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"outer.sampler.name={cfg.name!r}; must be one of ['tpe', 'nsga2', 'random']")
+
+
+def resolve_teacher(cfg: DictConfig) -> str:
+    """The teacher every trial distils from: an absolute folder, or a hub id. Fails clearly when missing."""
+    source = str(cfg.teacher.source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if source.startswith((".", "/", "~")) or "/" in source:  # a path, as amqs.train.qat.load_teacher reads it
+        raise FileNotFoundError(
+            f"teacher.source={source!r} does not exist. A study does not fine-tune its teacher: make it once "
+            "with amqs-finetune and the same model/data settings (e.g. `amqs-finetune debug=smoke` before "
+            "`amqs-search outer=optuna debug=smoke`), or use teacher=shared_sst2."
+        )
+    return source
+
+
+def base_config(cfg: DictConfig, teacher: str) -> DictConfig:
+    """The resolved config of one run (interpolations pinned before each trial moves ``paths``)."""
+    base = copy.deepcopy(cfg)
+    OmegaConf.resolve(base)
+    base.outer = None
+    base.teacher.source = teacher
+    base.eval_search_val = True  # the objective
+    return base
+
+
+def trial_config(base: DictConfig, overrides: dict[str, Any], directory: Path, number: int) -> DictConfig:
+    """One trial's config: ``base`` with the sampled values, writing to ``<study>/runs/trial_<n>``.
+
+    Example:
+        >>> cfg = trial_config(base, {"search.lam": 20.0}, Path("results/studies/s"), 3)  # doctest: +SKIP
+        >>> cfg.name, cfg.search.lam                                                       # doctest: +SKIP
+        ('trial_0003', 20.0)
+    """
+    cfg = copy.deepcopy(base)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)  # typed: a float into an int field fails here
+    cfg.paths.results_dir = str(directory)
+    cfg.name = trial_name(number)
+    cfg.overwrite = True  # trial numbers are unique in a study: anything there is a deleted study's
+    return cfg
+
+
+def _study_fingerprint(setup: StudySetup) -> str:
+    """What makes trials comparable: the run config (minus tuned keys, teacher path) and the space."""
+    c = OmegaConf.to_container(setup.base, resolve=True)
+    for key in [p.key for p in setup.space.params] + ["teacher.source"]:
+        *parents, leaf = key.split(".")
+        node = c
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    return fingerprint({"config": config_hash(OmegaConf.create(c)), "space": setup.space.to_dict(),
+                        "objectives": setup.objectives})
+
+
+def _open(cfg: DictConfig, setup: StudySetup) -> optuna.Study:
+    outer = cfg.outer
+    url = outer.storage or f"sqlite:///{(setup.dir / DB_FILE).resolve()}"
+    grace = outer.grace_period or 4 * outer.heartbeat_interval
+
+    def drop_checkpoint(_: optuna.Study, trial: FrozenTrial) -> None:
+        # A dead worker's trial is never resumed (its replacement samples anew): free its checkpoint.
+        log.warning("trial %d had no heartbeat for %d s (its worker died): marked FAILED", trial.number, grace)
+        if "run_dir" in trial.user_attrs:
+            shutil.rmtree(setup.dir / trial.user_attrs["run_dir"] / "checkpoint", ignore_errors=True)
+
+    storage = make_storage(url, outer.heartbeat_interval, grace, on_stale=drop_checkpoint)
+    study = optuna.create_study(study_name=outer.name, storage=storage, load_if_exists=True,
+                                directions=[OBJECTIVES[n] for n in setup.objectives],
+                                pruner=make_pruner(outer.pruner, len(setup.objectives)))
+    fp = _study_fingerprint(setup)
+    stamped = study.user_attrs.get("amqs_fingerprint")
+    if stamped is None:
+        study.set_user_attr("amqs_fingerprint", fp)
+        study.set_user_attr("amqs_objectives", setup.objectives)
+        study.set_user_attr("amqs_space", setup.space.to_dict())
+    elif stamped != fp:
+        raise ValueError(f"study {outer.name!r} in {_safe(url)} was made with another config, search space "
+                         f"or objectives ({stamped} != {fp}): its trials would not be comparable. Use the "
+                         "original settings, or a new outer.name.")
+    # Resumed and concurrent workers must not replay the first trials' random samples.
+    seed = None if outer.seed is None else outer.seed + len(study.trials)
+    study.sampler = make_sampler(outer.sampler, seed)
+    return study
+
+
+def _safe(url: str) -> str:
+    """The storage URL without its password (for messages)."""
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _objective(trial: optuna.Trial, study: optuna.Study, setup: StudySetup, cfg: DictConfig,
+               mine: list[int]) -> Any:
+    mine.append(trial.number)
+    # Claim a slot: exactly n_trials trials run even when workers ask at the same moment.
+    ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+             if t.number < trial.number]
+    if len(ahead) >= cfg.outer.n_trials:
+        trial.set_user_attr("surplus", True)
+        raise _SurplusTrial(f"trial {trial.number}: the study's {cfg.outer.n_trials} slots are taken")
+    run_cfg = trial_config(setup.base, setup.space.suggest(trial), setup.dir, trial.number)
+    trial.set_user_attr("run_dir", f"runs/{run_cfg.name}")
+    try:
+        metrics = run_search(run_cfg, command=f"{setup.command} (trial {trial.number})",
+                             on_progress=ProgressReporter(study, trial, cfg.outer.pruner))
+    except optuna.TrialPruned:
+        # A pruned trial never resumes: drop its search checkpoint (hundreds of MB for MiniLM), keep its log.
+        shutil.rmtree(setup.dir / "runs" / run_cfg.name / "checkpoint", ignore_errors=True)
+        raise
+    for k in REPORTED:
+        trial.set_user_attr(k, metrics.get(k))
+    values = tuple(float(metrics[n]) for n in setup.objectives)
+    return values if len(values) > 1 else values[0]
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {s.name.lower(): states.count(s) for s in TrialState}
+
+
+def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dict[str, Any]:
+    """Run (or resume, or join) the study of ``cfg.outer``; returns a summary.
+
+    Example::
+
+        summary = run_study(compose_cfg("search", ["outer=optuna", "debug=smoke"]))
+        summary["pareto"]            # numbers of the Pareto-optimal trials
+    """
+    outer = cfg.outer
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("a study runs each trial in one process: start several workers (README) instead of torchrun")
+    objectives = resolve_objectives(outer.objectives)
+    space = parse_space(outer.params, cfg)  # all checks before the storage is touched
+    make_pruner(outer.pruner, len(objectives))
+    if outer.n_trials < 1:
+        raise ValueError(f"outer.n_trials must be >= 1, got {outer.n_trials}")
+    setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, resolve_teacher(cfg)), command)
+    setup.dir.mkdir(parents=True, exist_ok=True)
+    study = _open(cfg, setup)
+    save_config(cfg, setup.dir / "config.yaml")
+    write_json(setup.dir / STUDY_FILE, {
+        "study_name": outer.name, "storage": DB_FILE if not outer.storage else None,
+        "objectives": objectives, "directions": [OBJECTIVES[n] for n in objectives],
+        "params": space.to_dict(), "task": cfg.data.task, "model": cfg.model.name, "command": command})
+    log.info("study %s in %s: %s", outer.name, setup.dir, _counts(study))
+    failures, poll = 0, max(1, min(outer.heartbeat_interval, 10))
+    while True:
+        _fail_stale(study)
+        counts = _counts(study)
+        done = counts["complete"] + counts["pruned"]
+        if done >= outer.n_trials:
+            break
+        if done + counts["running"] >= outer.n_trials:
+            time.sleep(poll)  # other workers hold the last slots (or a dead one's trial awaits its grace period)
+            continue
+        mine: list[int] = []
+        study.optimize(functools.partial(_objective, study=study, setup=setup, cfg=cfg, mine=mine), n_trials=1,
+                       gc_after_trial=True, catch=(NonFiniteLossError, _SurplusTrial))
+        last = next(t for t in study.get_trials(deepcopy=False) if t.number == mine[-1])
+        failed = last.state == TrialState.FAIL and not last.user_attrs.get("surplus")
+        failures = failures + 1 if failed else 0
+        if failures >= outer.max_consecutive_failures:
+            raise RuntimeError(f"{failures} trials failed in a row (non-finite losses): narrow outer.params "
+                               "(e.g. search.arch.lr) and rerun; the study resumes")
+    counts = _counts(study)
+    pareto = sorted(t.number for t in study.best_trials) if counts["complete"] else []
+    log.info("study %s finished: %s; Pareto trials %s. Report: amqs-report %s", outer.name, counts, pareto, setup.dir)
+    return {"study": outer.name, "dir": str(setup.dir), **counts, "pareto": pareto}
+
+
+__all__ = ["OBJECTIVES", "REPORTED", "StudySetup", "base_config", "make_sampler", "make_storage", "resolve_objectives",
+           "resolve_teacher", "run_study", "study_dir", "trial_config", "trial_name"]

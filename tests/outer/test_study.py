@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from amqs.finetune import run as finetune
+from amqs.outer.pruning import INTERMEDIATE_ATTR
+from amqs.outer.study import make_storage, run_study
+from amqs.report.app import main as report_main
+from amqs.search.app import run as search_app
+from tests.conftest import REPO, compose_cfg
+
+STUDY = "sst2-bert-tiny-default"  # outer.name under debug=smoke
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture
+def overrides(tmp_path: Path, glue_dir: Path) -> list[str]:
+    """outer=optuna debug=smoke under tmp_path, with its tiny teacher fine-tuned once."""
+    base = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}", "train.num_threads=1"]
+    finetune(compose_cfg("finetune", base))
+    return base + ["outer=optuna", "outer.heartbeat_interval=1", "outer.grace_period=3"]
+
+
+def _load(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'studies' / STUDY / 'study.db'}")
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    states = [t.state.name for t in study.get_trials()]
+    return {s: states.count(s) for s in set(states)}
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end_then_report(overrides: list[str], tmp_path: Path) -> None:
+    summary = search_app(compose_cfg("search", overrides + ["outer.n_trials=2"]), command="test")
+    folder = tmp_path / "studies" / STUDY
+    study = _load(tmp_path)
+    assert summary["complete"] + summary["pruned"] == 2 == len(study.trials)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done, "the first trial cannot be pruned (nothing to compare with)"
+    for t in done:  # the objective is search-val; dev is only reported
+        assert t.values[0] == t.user_attrs["search_val_accuracy"] and t.user_attrs["dev_accuracy"] is not None
+        assert t.values[1] == t.user_attrs["encoder_bytes"]
+        assert (folder / t.user_attrs["run_dir"] / "metrics.json").exists()
+        assert t.user_attrs[INTERMEDIATE_ATTR][0][0] == 2  # reported from the search's first log point
+    # The teacher was resolved once and pinned, so moving paths.results_dir per trial cannot lose it.
+    trial_cfg = OmegaConf.load(folder / "runs" / "trial_0000" / "config.yaml")
+    assert trial_cfg.teacher.source == str((tmp_path / "teachers" / "bert-tiny-sst2" / "model").resolve())
+
+    report_main([str(folder)])
+    df = pd.read_csv(folder / "pareto.csv")
+    assert {"number", "state", "param_budget", "param_lam", "param_eps", "param_t0", "param_eta", "param_arch_lr",
+            "search_val_accuracy", "dev_accuracy", "encoder_bytes", "total_bytes", "encoder_mb", "compression",
+            "avg_bits", "pruned_fraction", "is_pareto"} <= set(df.columns)
+    assert sorted(df.loc[df["is_pareto"], "number"]) == sorted(t.number for t in study.best_trials)
+    best = df[df["is_pareto"]].sort_values("search_val_accuracy", ascending=False).iloc[0]
+    assert (folder / f"bits_{best['number']}.png").stat().st_size > 0
+    assert (folder / "pareto.png").stat().st_size > 0
+    assert "Pareto-optimal trials" in (folder / "pareto.md").read_text()
+
+    # Rerunning tops the study up to the new n_trials; another config may not join it.
+    summary = run_study(compose_cfg("search", overrides + ["outer.n_trials=3"]))
+    assert summary["complete"] + summary["pruned"] == 3 == len(_load(tmp_path).trials)
+    with pytest.raises(ValueError, match="another config"):
+        run_study(compose_cfg("search", overrides + ["outer.n_trials=4", "data.max_train_examples=128"]))
+
+
+def test_bad_objectives_pruner_or_teacher_fail_before_any_trial(tmp_path: Path, glue_dir: Path) -> None:
+    base = ["outer=optuna", "debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}"]
+    with pytest.raises(NotImplementedError, match="ONNX"):
+        run_study(compose_cfg("search", base + ["outer.objectives=[search_val_accuracy,latency_ms]"]))
+    with pytest.raises(ValueError, match="only ever reported"):
+        run_study(compose_cfg("search", base + ["outer.objectives=[dev_accuracy,encoder_bytes]"]))
+    with pytest.raises(ValueError, match="needs a single objective"):
+        run_study(compose_cfg("search", base + ["outer.pruner.name=median"]))
+    with pytest.raises(FileNotFoundError, match="amqs-finetune debug=smoke"):
+        run_study(compose_cfg("search", base))  # no teacher in tmp_path
+    assert not (tmp_path / "studies").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the dead worker's ask() below
+def test_a_stale_running_trial_is_failed_and_the_study_completes(overrides: list[str], tmp_path: Path) -> None:
+    # A worker that died mid-trial: its trial is RUNNING with a last heartbeat and nobody finishing it.
+    folder = tmp_path / "studies" / STUDY
+    folder.mkdir(parents=True)
+    storage = make_storage(f"sqlite:///{folder / 'study.db'}", heartbeat_interval=1, grace_period=3)
+    study = optuna.create_study(study_name=STUDY, storage=storage, directions=["maximize", "minimize"])
+    dead = study.ask()
+    storage.record_heartbeat(dead._trial_id)
+    t0 = time.monotonic()
+    summary = run_study(compose_cfg("search", overrides + ["outer.n_trials=1"]))
+    states = {t.number: t.state for t in _load(tmp_path).trials}
+    assert states == {0: TrialState.FAIL, 1: TrialState.COMPLETE}
+    assert summary["fail"] == 1 and summary["complete"] == 1
+    assert time.monotonic() - t0 >= 3  # it waited for the grace period: a live worker is not robbed
+
+
+def _worker(overrides: list[str], tmp_path: Path, seed: int, n_trials: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "amqs.search.app", *overrides, f"outer.seed={seed}", f"outer.n_trials={n_trials}",
+           f"hydra.run.dir={tmp_path}/logs/worker{seed}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_storage(overrides: list[str], tmp_path: Path) -> None:
+    workers = [_worker(overrides, tmp_path, seed, n_trials=3) for seed in (1, 2)]
+    outputs = [w.communicate(timeout=400)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    trials = _load(tmp_path).trials
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == 3
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    # Only a trial asked for after the last slot was taken may fail (and then it ran nothing).
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
+    run_dirs = [t.user_attrs["run_dir"] for t in finished]
+    assert len(set(run_dirs)) == 3 and all((tmp_path / "studies" / STUDY / d).is_dir() for d in run_dirs)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_failed_on_the_next_start(overrides: list[str], tmp_path: Path) -> None:
+    worker = _worker(overrides, tmp_path, seed=0, n_trials=20)
+    deadline, victim = time.monotonic() + 300, None
+    try:
+        while victim is None and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+            try:
+                running = _load(tmp_path).get_trials(states=(TrialState.RUNNING,))
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the worker is still creating the storage
+                continue
+            victim = next((t.number for t in running if t.user_attrs.get(INTERMEDIATE_ATTR)), None)
+    finally:
+        worker.kill()  # SIGKILL: no clean-up, the trial stays RUNNING in storage
+        worker.wait()
+    assert victim is not None, worker.stdout.read()[-3000:]
+    done = sum(t.state in FINISHED for t in _load(tmp_path).trials)
+    summary = run_study(compose_cfg("search", overrides + [f"outer.n_trials={done + 1}"]))
+    trials = {t.number: t for t in _load(tmp_path).trials}
+    assert trials[victim].state == TrialState.FAIL
+    assert not (tmp_path / "studies" / STUDY / trials[victim].user_attrs["run_dir"] / "checkpoint").exists()
+    assert summary["complete"] + summary["pruned"] == done + 1
