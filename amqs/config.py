@@ -140,20 +140,14 @@ class TeacherConfig:
 
 
 @dataclass
-class QatConfig:
-    """Root schema of ``amqs-qat``."""
+class QatConfig(FinetuneConfig):
+    """Root schema of ``amqs-qat``: a fine-tuning run plus quantization, distillation and a teacher."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "${data.task}-${quant.name}"  # run folder: results/runs/<name>
     eval_search_val: bool = True  # also report search-validation metrics (used for model selection)
-    overwrite: bool = False
-    device: str = "cpu"
 
 
 @dataclass
@@ -240,23 +234,17 @@ class OuterConfig:
 
 
 @dataclass
-class SearchConfig:
-    """Root schema of ``amqs-search``: search -> derive -> retrain -> evaluate for one budget."""
+class SearchConfig(QatConfig):
+    """Root schema of ``amqs-search``: search -> derive -> retrain -> evaluate for one budget.
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)  # the retrain (QAT) of the derived assignment
-    quant: QuantConfig = field(default_factory=QuantConfig)  # activation/embedding settings of the retrain
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    ``train`` is the retrain (QAT) of the derived assignment; of ``quant`` only the activation
+    settings apply to it (the weights' bits come from the search).
+    """
+
     search: SearchHParams = field(default_factory=SearchHParams)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "${data.task}-${search.space}-${budget.kind}${budget.value}"
     reinit: bool = False  # retrain from the pretrained encoder (AQ-BERT) instead of the teacher's weights
-    eval_search_val: bool = True
-    overwrite: bool = False
-    device: str = "cpu"
     outer: Optional[OuterConfig] = None  # set (outer=optuna): run an Optuna study instead of one budget
 
 
