@@ -26,6 +26,8 @@ def _fmt(col: str, value: object) -> str:
         return f"{value:,}"
     if isinstance(value, float) and value.is_integer() and "bytes" in col:
         return f"{int(value):,}"
+    if isinstance(value, float) and value.is_integer() and col.endswith("_bits"):
+        return str(int(value))  # a column with a missing value is float: 8.0 -> 8
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
