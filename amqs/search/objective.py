@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -199,10 +199,17 @@ class SearchObjective:
     eps: float = 0.05
     task_loss: LossFn | None = ce_loss
     encoder_prefix: str = ENCODER_PREFIX
+    # The fixed sizes do not depend on the architecture: walk model_size once per model, not per step.
+    _bases: dict[int, SizeBase] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _base(self, model: nn.Module) -> SizeBase:
+        if id(model) not in self._bases:
+            self._bases[id(model)] = size_base(model, self.encoder_prefix)
+        return self._bases[id(model)]
 
     def size_term(self, model: nn.Module) -> Tensor:
         """``L_size`` at the current probabilities (float64 scalar)."""
-        base = size_base(model, self.encoder_prefix)  # one model_size walk for both sizes
+        base = self._base(model)
         expected = expected_size_bits(model, self.encoder_prefix, base) / 8
         current = argmax_size_bits(model, self.encoder_prefix, base) / 8
         return size_loss(expected, current, self.target_bytes, self.eps)
@@ -217,8 +224,9 @@ class SearchObjective:
     @torch.no_grad()
     def stats(self, model: nn.Module) -> dict[str, float]:
         """Loggable numbers: expected/argmax/target encoder bytes, the size loss, mean entropy."""
-        expected = expected_size_bits(model, self.encoder_prefix).item() / 8
-        current = argmax_size_bits(model, self.encoder_prefix) / 8
+        base = self._base(model)
+        expected = expected_size_bits(model, self.encoder_prefix, base).item() / 8
+        current = argmax_size_bits(model, self.encoder_prefix, base) / 8
         return {
             "expected_bytes": expected,
             "argmax_bytes": current,
