@@ -41,8 +41,7 @@ from amqs.search.architect import Architect, ArchitectConfig, search_step, weigh
 from amqs.search.derive import derived_assignment
 from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
 from amqs.search.space import load_space
-from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
-                                  set_relaxation)
+from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, ResumableSampler, seed_everything
 from amqs.train.qat import load_teacher, run_qat
@@ -91,14 +90,9 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
     space = load_space(s.space)
     model = copy.deepcopy(teacher)
-    build_supernet(model, space, init_std=s.init_std)
-    if s.init_bias:
-        # Start near the most precise choice: the supernet then computes nearly the teacher's
-        # function (a uniform mix over {0,2,4,8} scales every weight by ~0.75), and the size
-        # loss walks subgroups down from there.
-        with torch.no_grad():
-            for logits in arch_parameters(model):
-                logits[:, -1] += s.init_bias
+    # init_bias: a uniform mix over {0,2,4,8} scales every weight by ~0.75; starting near the most
+    # precise choice keeps the teacher's function, and the size loss walks subgroups down from there.
+    build_supernet(model, space, init_std=s.init_std, init_bias=s.init_bias)
     budget = Budget(cfg.budget.kind, float(cfg.budget.value))
     target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
     mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731

@@ -266,7 +266,7 @@ def resample(model: nn.Module, generator: torch.Generator | None = None) -> None
             model.get_submodule(name).noise = noise
 
 
-def build_supernet(model: nn.Module, space: SearchSpace, *, init_std: float = 1e-3) -> list[str]:
+def build_supernet(model: nn.Module, space: SearchSpace, *, init_std: float = 1e-3, init_bias: float = 0.0) -> list[str]:
     """Turn ``model`` into a supernet in place; returns the searched module names (model order).
 
     Searched Linears become :class:`SupernetLinear` (tied ones share one logits Parameter);
@@ -289,6 +289,9 @@ def build_supernet(model: nn.Module, space: SearchSpace, *, init_std: float = 1e
             raise ValueError(f"{sm.name} is already a SupernetLinear; build_supernet runs once per model")
         new = SupernetLinear.from_linear(linear, sm.choices, sm.num_subgroups, space.scheme, space.act_bits,
                                          arch_logits=shared.get(sm.tie_key), init_std=init_std)
+        if sm.tie_key not in shared and init_bias:
+            with torch.no_grad():  # favour the most precise choice: start near the teacher's function
+                new.arch_logits[:, -1] += init_bias
         shared.setdefault(sm.tie_key, new.arch_logits)
         parent, _, child = sm.name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
