@@ -30,12 +30,17 @@ from amqs.utils.run import (command_line, config_hash, git_revision, prepare_run
 
 log = logging.getLogger(__name__)
 
-TEACHER_COLUMNS = ("task", "model", "dev_accuracy", "dev_f1", "epochs", "train_examples", "max_length",
+TEACHER_COLUMNS = ("task", "model", "search_val", "dev_accuracy", "dev_f1", "epochs", "train_examples",
+                   "max_length",
                    "seconds", "command")
 
 
 def teacher_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.results_dir) / "teachers" / f"{cfg.model.name}-{cfg.data.task}"
+    """``results/teachers/<model>-<task>``; ``-heldout`` when the search-val split was kept out of
+    training (``train.use_search_val=false``), so that students selected on search-val are not
+    selected on rows their teacher memorised (conf/teacher/heldout.yaml points here)."""
+    suffix = "" if cfg.train.use_search_val else "-heldout"
+    return Path(cfg.paths.results_dir) / "teachers" / f"{cfg.model.name}-{cfg.data.task}{suffix}"
 
 
 def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
@@ -70,6 +75,7 @@ def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
     metrics = {
         "task": task.name, "model": cfg.model.name, "source": cfg.model.source,
+        "search_val": "trained on" if cfg.train.use_search_val else "held out",
         "dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_examples": dev["examples"],
         "epochs": cfg.train.epochs, "train_rows": len(train_ds), "train_examples": result.train_examples,
         "steps": result.steps, "max_length": cfg.data.max_length, "seconds": round(result.seconds, 1),
@@ -79,7 +85,8 @@ def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(ckpt)
     upsert_csv(Path(cfg.paths.results_dir) / "teachers.csv",
-               {k: metrics[k] for k in TEACHER_COLUMNS}, key=("task", "model"), columns=TEACHER_COLUMNS)
+               {k: metrics[k] for k in TEACHER_COLUMNS}, key=("task", "model", "search_val"),
+               columns=TEACHER_COLUMNS)
     log.info("dev %s: %s", task.name, {k: v for k, v in dev.items()})
     return metrics
 

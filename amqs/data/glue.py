@@ -83,8 +83,12 @@ def get_task(name: str) -> TaskSpec:
         raise DataError(f"unknown task {name!r} (data.task); known tasks: {sorted(TASKS)}") from None
 
 
-def read_glue_tsv(path: Path, task: TaskSpec) -> datasets.Dataset:
-    """Read one GLUE TSV file, checking every row; a bad row fails with file and line number."""
+def read_glue_tsv(path: Path, task: TaskSpec, *, allow_unlabeled: bool = False) -> datasets.Dataset:
+    """Read one GLUE TSV file, checking every row; a bad row fails with file and line number.
+
+    With ``allow_unlabeled`` a file without the label column (GLUE's ``test.tsv`` layout, e.g.
+    ``index<TAB>sentence``) is accepted and every label is -1.
+    """
     if not path.is_file():
         raise DataError(
             f"{path} not found: data.glue_dir (or env AMQS_GLUE_DIR) must point at a folder "
@@ -97,18 +101,21 @@ def read_glue_tsv(path: Path, task: TaskSpec) -> datasets.Dataset:
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
-        if header is None or tuple(header) != task.tsv_columns:
-            raise DataError(f"{path}:1: expected header {list(task.tsv_columns)}, got {header}")
+        unlabeled = (allow_unlabeled and header is not None and task.tsv_label not in header
+                     and all(c in header for c in task.tsv_text))
+        if header is None or (tuple(header) != task.tsv_columns and not unlabeled):
+            wanted = f"{list(task.tsv_columns)}" + (f" or at least {list(task.tsv_text)}" if allow_unlabeled else "")
+            raise DataError(f"{path}:1: expected header {wanted}, got {header}")
         text_idx = [header.index(c) for c in task.tsv_text]
-        label_idx = header.index(task.tsv_label)
+        label_idx = None if unlabeled else header.index(task.tsv_label)
         for row in reader:
             line = reader.line_num
             if not row:  # a trailing empty line is harmless
                 continue
             if len(row) != len(header):
                 raise DataError(f"{path}:{line}: expected {len(header)} tab-separated fields, got {len(row)}")
-            label = row[label_idx].strip()
-            if label not in ("0", "1"):
+            label = "-1" if label_idx is None else row[label_idx].strip()
+            if label_idx is not None and label not in ("0", "1"):
                 raise DataError(f"{path}:{line}: label must be 0 or 1, got {label!r}")
             texts = [row[i].strip() for i in text_idx]
             if any(not t for t in texts):

@@ -1,0 +1,201 @@
+"""``amqs-bench``: CPU latency of exported amqs models against what users run today, side by side.
+
+One run measures, interleaved round by round (so machine noise hits every model alike):
+
+- ``pytorch-fp32``: the fp32 model in PyTorch (eager, ``torch.inference_mode``);
+- ``ort-fp32``: the same model exported by amqs-export (no quantization) in ONNX Runtime;
+- ``ort-int8-dynamic``: that ONNX model after ONNX Runtime's usual recipe,
+  ``quantize_dynamic(per_channel=True, weight_type=QInt8)``;
+- every ``--model NAME=EXPORT_DIR`` (amqs exports).
+
+Inputs are random token ids with a full attention mask at each ``--shape BATCHxLENGTH`` (default
+1x128 and 8x128); each model gets ``--warmup`` calls, then ``--rounds`` timed calls. Writes
+``bench.csv`` and ``bench.md`` (p50/p90 in ms, speed-ups against ORT fp32 and ORT int8 at p50,
+file sizes, and dev accuracy with ``--eval``) to ``--out``.
+
+Example::
+
+    amqs-bench --fp32-run results/runs/sst2-fp32 --model w8a8=exports/sst2-w8a8 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, load_session
+
+BENCH_COLUMNS = ("model", "runtime", "batch", "length", "threads", "p50_ms", "p90_ms", "mean_ms",
+                 "speedup_vs_ort_fp32", "speedup_vs_ort_int8", "file_bytes", "removed_ffn_fraction",
+                 "dev_accuracy")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def parse_shape(s: str) -> tuple[int, int]:
+    try:
+        b, t = (int(v) for v in s.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"shape must look like 8x128, got {s!r}") from e
+    return b, t
+
+
+def quantize_int8_dynamic(fp32_dir: Path, out_dir: Path) -> Path:
+    """ONNX Runtime's usual int8 recipe on the fp32 export, as an export folder of its own."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in fp32_dir.iterdir():
+        if f.is_file() and f.name != MODEL_FILE:
+            shutil.copyfile(f, out_dir / f.name)
+    quantize_dynamic(str(fp32_dir / MODEL_FILE), str(out_dir / MODEL_FILE), per_channel=True,
+                     weight_type=QuantType.QInt8)
+    meta = json.loads((out_dir / EXPORT_FILE).read_text())
+    meta.update(file_bytes=(out_dir / MODEL_FILE).stat().st_size,
+                onnxruntime_ops="onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)")
+    (out_dir / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of every runner, measured round-robin."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def dev_accuracy(export_dir: Path, data_cfg, threads: int) -> float:
+    from amqs.data.glue import load_glue
+    from amqs.train.metrics import METRICS
+
+    m = ExportedModel(export_dir, threads=threads)
+    dev = load_glue(data_cfg)["dev"]
+    logits = m.predict_dataset(dev, batch_size=64)
+    return METRICS["accuracy"](torch.from_numpy(logits.argmax(-1)), torch.tensor(dev["label"]))
+
+
+def run_bench(fp32_run: Path, models: dict[str, Path], *, out: Path, work: Path, shapes: Sequence[tuple[int, int]],
+              threads: int, warmup: int, rounds: int, evaluate: bool, command: str) -> pd.DataFrame:
+    from amqs.export.app import export_model, load_run
+
+    torch.set_num_threads(threads)
+    student, tokenizer, cfg, assignment, _ = load_run(fp32_run)
+    if assignment is not None:
+        raise ValueError(f"--fp32-run {fp32_run} is a quantized run ({fp32_run}/bits.json); give the fp32 run")
+    fp32_dir = work / "ort-fp32"
+    export_model(student, tokenizer, fp32_dir, task=cfg.data.task, max_length=int(cfg.data.max_length),
+                 meta={"source_run": str(fp32_run)})
+    int8_dir = quantize_int8_dynamic(fp32_dir, work / "ort-int8-dynamic")
+    dirs = {"ort-fp32": fp32_dir, "ort-int8-dynamic": int8_dir, **models}
+    sessions = {name: load_session(d / MODEL_FILE, threads) for name, d in dirs.items()}
+    vocab = student.config.vocab_size
+    rows = []
+    for batch, length in shapes:
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(batch, length)).astype(np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
+
+        def torch_run() -> object:
+            with torch.inference_mode():
+                return student(**tfeed).logits
+
+        runners: dict[str, Callable[[], object]] = {"pytorch-fp32": torch_run}
+        for name, sess in sessions.items():
+            runners[name] = (lambda s=sess: s.run(["logits"], feed))
+        times = time_interleaved(runners, warmup, rounds)
+        p50 = {n: float(np.percentile(t, 50)) for n, t in times.items()}
+        for name, t in times.items():
+            meta = json.loads((dirs[name] / EXPORT_FILE).read_text()) if name in dirs else {}
+            rows.append({
+                "model": name, "runtime": "pytorch" if name == "pytorch-fp32" else "onnxruntime",
+                "batch": batch, "length": length, "threads": threads,
+                "p50_ms": round(1000 * p50[name], 3), "p90_ms": round(1000 * float(np.percentile(t, 90)), 3),
+                "mean_ms": round(1000 * float(np.mean(t)), 3),
+                "speedup_vs_ort_fp32": round(p50["ort-fp32"] / p50[name], 3),
+                "speedup_vs_ort_int8": round(p50["ort-int8-dynamic"] / p50[name], 3),
+                "file_bytes": meta.get("file_bytes"), "removed_ffn_fraction": meta.get("removed_ffn_fraction"),
+                "dev_accuracy": None,
+            })
+    df = pd.DataFrame(rows, columns=list(BENCH_COLUMNS))
+    if evaluate:
+        acc = {name: dev_accuracy(d, cfg.data, threads) for name, d in dirs.items()}
+        df["dev_accuracy"] = df["model"].map(acc)
+    write_report(df, out, threads=threads, warmup=warmup, rounds=rounds, command=command)
+    return df
+
+
+def write_report(df: pd.DataFrame, out: Path, *, threads: int, warmup: int, rounds: int, command: str) -> None:
+    import onnxruntime as ort
+
+    from amqs.report.tables import to_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "bench.csv", index=False)
+    notes = [
+        f"Command: `{command}`",
+        "",
+        f"CPU: {cpu_name()}; {threads} intra-op thread(s) for every runtime; ONNX Runtime {ort.__version__}, "
+        f"PyTorch {torch.__version__}. {warmup} warm-up calls per model, then {rounds} rounds in which every "
+        "model runs once (interleaved), random token ids, full attention mask. Speed-ups are p50 ratios "
+        "from this one run (>1 = faster than the reference); absolute times on a shared machine are noisy.",
+    ]
+    (out / "bench.md").write_text(to_markdown(df, "CPU latency, side by side", notes))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="amqs-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--fp32-run", type=Path, required=True, help="the fp32 run (e.g. results/runs/sst2-fp32)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=EXPORT_DIR",
+                   help="an amqs export to benchmark (repeatable)")
+    p.add_argument("--shape", action="append", type=parse_shape, default=None, metavar="BxT")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--eval", action="store_true", help="also report every model's dev accuracy")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--work", type=Path, default=Path("exports/bench"), help="where the baselines are exported")
+    args = p.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"amqs-bench: --model wants NAME=EXPORT_DIR, got {spec!r}")
+        models[name] = Path(path)
+    command = "amqs-bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        df = run_bench(args.fp32_run, models, out=args.out, work=args.work, shapes=args.shape or [(1, 128), (8, 128)],
+                       threads=args.threads, warmup=args.warmup, rounds=args.rounds, evaluate=args.eval,
+                       command=command)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"amqs-bench: {e}") from e
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

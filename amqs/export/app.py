@@ -1,0 +1,193 @@
+"""``amqs-export RUN_DIR --out DIR``: a trained run (amqs-search / amqs-qat) as a deployable ONNX model.
+
+RUN_DIR is a run folder (``results/runs/<name>``; for a search run its ``retrain/`` is used) holding
+``student.pt``, ``config.yaml`` and, for a quantized model, ``bits.json``. DIR receives
+``model.onnx``, ``export.json``, the HF config and tokenizer, ``bits.json`` and ``metrics.json``
+(the run's metrics plus the export's: file and accounted bytes, removed neurons/heads, and with
+``--eval`` the dev accuracy of the fake-quantized PyTorch model and of the exported model and their
+largest logit difference). With ``--eval`` a row is also written to ``<results>/exports.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import onnx
+import torch
+from omegaconf import OmegaConf
+
+from amqs.export.graph import build_model
+from amqs.export.materialize import materialize
+from amqs.quant import BitAssignment, model_size
+from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
+from amqs.utils.run import git_revision, upsert_csv, write_json
+
+log = logging.getLogger("amqs.export")
+
+EXPORT_COLUMNS = ("task", "source", "compression", "pruned_fraction", "file_bytes", "accounted_bytes",
+                  "dev_accuracy_fakequant", "dev_accuracy_exported", "max_logit_diff", "removed_ffn_fraction",
+                  "removed_heads", "command")
+
+
+def resolve_run(run_dir: Path) -> Path:
+    """The folder with the trained student: ``RUN_DIR/retrain`` for a search run, else RUN_DIR."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    for candidate in (run_dir / "retrain", run_dir):
+        if (candidate / "student.pt").is_file():
+            for need in ("config.yaml", "metrics.json"):
+                if not (candidate / need).is_file():
+                    raise FileNotFoundError(f"{candidate / need} missing: the run did not finish")
+            return candidate
+    raise FileNotFoundError(f"{run_dir}: no student.pt (in it or in retrain/): the run has not finished training, "
+                            "or its weights were deleted (student.pt is not kept in git; rerun the command in "
+                            "its metrics.json)")
+
+
+def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssignment], dict]:
+    """``(student, tokenizer, cfg, assignment, metrics)`` of a finished run, weights loaded."""
+    import json
+
+    from amqs.data.glue import get_task
+    from amqs.train.qat import STUDENT_FILE, load_teacher, quantize_student
+
+    d = resolve_run(run_dir)
+    cfg = OmegaConf.load(d / "config.yaml")
+    metrics = json.loads((d / "metrics.json").read_text())
+    task = get_task(cfg.data.task)
+    teacher, tokenizer = load_teacher(cfg, task.num_labels)
+    assignment = BitAssignment.from_json(d / "bits.json") if (d / "bits.json").is_file() else None
+    student, _ = quantize_student(teacher, assignment, cfg)
+    state = torch.load(d / STUDENT_FILE, map_location="cpu", weights_only=True)
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{d / STUDENT_FILE} does not match the model of {d / 'config.yaml'}: missing {missing[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}")
+    return student.eval(), tokenizer, cfg, assignment, metrics
+
+
+def pruned_fraction(assignment: Optional[BitAssignment], prefix: str = "bert.encoder.") -> float:
+    if assignment is None:
+        return 0.0
+    total = pruned = 0
+    for name, mb in assignment.modules.items():
+        if name.startswith(prefix):
+            total += mb.num_weights
+            pruned += sum(mb.rows_per_subgroup * mb.in_features for b in mb.bits if b == 0)
+    return pruned / total if total else 0.0
+
+
+def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, max_length: int,
+                 remove_pruned: bool = True, meta: Optional[dict] = None) -> dict[str, Any]:
+    """Write ``out/`` (model.onnx, export.json, config, tokenizer); return the export facts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = materialize(student, remove_pruned=remove_pruned)
+    model = build_model(arrays, doc=f"amqs export of a {task} classifier")
+    tmp = out / (MODEL_FILE + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out / MODEL_FILE)
+    student.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    inter = sum(ly.inter.shape[0] + ly.removed_neurons for ly in arrays.layers)
+    facts = {
+        "format": FORMAT, "version": FORMAT_VERSION, "task": task, "num_labels": arrays.classifier.shape[0],
+        "max_length": max_length, "file_bytes": (out / MODEL_FILE).stat().st_size,
+        "accounted_bytes": model_size(student).total_bytes,
+        "removed_ffn_neurons": sum(ly.removed_neurons for ly in arrays.layers),
+        "removed_ffn_fraction": sum(ly.removed_neurons for ly in arrays.layers) / inter if inter else 0.0,
+        "removed_heads": {str(i): ly.removed_heads for i, ly in enumerate(arrays.layers) if ly.removed_heads},
+        "integer_matrices": sum(m.quantized and m.act is not None for m in arrays.matrices()),
+        "onnxruntime_ops": "QuantizeLinear + com.microsoft.MatMulIntegerToFloat (u8 x s8)",
+        **(meta or {}),
+    }
+    write_json(out / EXPORT_FILE, facts)
+    return facts
+
+
+def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threads: Optional[int]) -> dict[str, Any]:
+    """Dev metrics of the fake-quantized PyTorch model and of the exported one, same batches."""
+    from amqs.data.glue import load_glue
+    from amqs.data.loaders import make_loader
+    from amqs.train.metrics import METRICS, predict
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = load_glue(cfg.data)["dev"]
+    loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False)
+    torch_logits, labels = predict(student, loader)
+    ort_logits = torch.from_numpy(exported.predict_dataset(dev, batch_size=64))
+    out: dict[str, Any] = {"dev_examples": len(labels),
+                           "max_logit_diff": float((ort_logits - torch_logits).abs().max())}
+    for name in exported.task.metrics:
+        out[f"dev_{name}_fakequant"] = METRICS[name](torch_logits.argmax(-1), labels)
+        out[f"dev_{name}_exported"] = METRICS[name](ort_logits.argmax(-1), labels)
+    out["prediction_agreement"] = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).float().mean())
+    return out
+
+
+def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned: bool = True,
+               threads: Optional[int] = None, results_dir: Optional[Path] = Path("results"),
+               command: str = "") -> dict[str, Any]:
+    t0 = time.time()
+    student, tokenizer, cfg, assignment, run_metrics = load_run(run_dir)
+    src = resolve_run(run_dir)
+    facts = export_model(student, tokenizer, out, task=cfg.data.task, max_length=int(cfg.data.max_length),
+                         remove_pruned=remove_pruned,
+                         meta={"source_run": str(run_dir), "compression": run_metrics.get("compression"),
+                               "pruned_fraction": pruned_fraction(assignment), "git_revision": git_revision(),
+                               "command": command})
+    if assignment is not None:
+        shutil.copyfile(src / "bits.json", Path(out) / "bits.json")
+    log.info("wrote %s: %d bytes on disk, %d accounted", Path(out) / MODEL_FILE, facts["file_bytes"],
+             facts["accounted_bytes"])
+    parity: dict[str, Any] = {}
+    if evaluate:
+        parity = compare_on_dev(student, ExportedModel(out, threads=threads), cfg, threads)
+        log.info("dev parity: %s", parity)
+    write_json(Path(out) / "metrics.json", {"run": run_metrics, "export": facts, "parity": parity,
+                                             "seconds": round(time.time() - t0, 1)})
+    if evaluate and results_dir is not None:
+        row = {"task": cfg.data.task, "source": str(run_dir), "compression": run_metrics.get("compression"),
+               "pruned_fraction": round(facts["pruned_fraction"], 4), "file_bytes": facts["file_bytes"],
+               "accounted_bytes": facts["accounted_bytes"],
+               "dev_accuracy_fakequant": parity["dev_accuracy_fakequant"],
+               "dev_accuracy_exported": parity["dev_accuracy_exported"], "max_logit_diff": parity["max_logit_diff"],
+               "removed_ffn_fraction": round(facts["removed_ffn_fraction"], 4),
+               "removed_heads": sum(len(v) for v in facts["removed_heads"].values()), "command": command}
+        upsert_csv(Path(results_dir) / "exports.csv", row, key=("task", "source"), columns=EXPORT_COLUMNS)
+    return {**facts, **parity}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="amqs-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a finished amqs-search / amqs-qat run folder")
+    p.add_argument("--out", type=Path, required=True, help="the export folder to write")
+    p.add_argument("--no-eval", action="store_true", help="skip the dev-set parity check")
+    p.add_argument("--keep-pruned", action="store_true",
+                   help="store pruned neurons/heads as zero rows instead of removing them")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the parity check")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where exports.csv is updated")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        r = export_run(args.run_dir, args.out, evaluate=not args.no_eval, remove_pruned=not args.keep_pruned,
+                       threads=args.threads, results_dir=args.results, command=command)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"amqs-export: {e}") from e
+    print({k: r[k] for k in ("file_bytes", "accounted_bytes", "removed_ffn_fraction") if k in r}
+          | {k: v for k, v in r.items() if k.startswith("dev_") or k == "max_logit_diff"})
+
+
+if __name__ == "__main__":
+    main()

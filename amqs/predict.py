@@ -1,0 +1,62 @@
+"""``amqs-predict DIR --input FILE.tsv``: predict a GLUE-layout TSV with an exported model.
+
+Writes ``index<TAB>prediction<TAB>logit_0<TAB>logit_1...`` (default: ``FILE.predictions.tsv``)
+and, when the file has labels, prints the task's metrics. Files without the label column
+(GLUE's ``test.tsv`` layout) are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def predict_file(export_dir: Path, input_file: Path, output: Optional[Path] = None, *, batch_size: int = 32,
+                 threads: Optional[int] = None) -> dict:
+    from amqs.data.glue import read_glue_tsv
+    from amqs.runtime import ExportedModel
+    from amqs.train.metrics import METRICS
+
+    model = ExportedModel(export_dir, threads=threads)
+    ds = read_glue_tsv(Path(input_file), model.task, allow_unlabeled=True)
+    logits = model.predict_dataset(ds, batch_size=batch_size)
+    preds = logits.argmax(-1)
+    output = Path(output) if output else Path(input_file).with_suffix(".predictions.tsv")
+    with output.open("w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["index", "prediction"] + [f"logit_{i}" for i in range(logits.shape[1])])
+        for i, (p, row) in enumerate(zip(preds, logits)):
+            w.writerow([i, int(p)] + [f"{v:.6g}" for v in row])
+    labels = np.asarray(ds["label"])
+    result: dict = {"examples": len(ds), "output": str(output)}
+    if (labels >= 0).all():
+        t_pred, t_lab = torch.from_numpy(preds), torch.from_numpy(labels)
+        result.update({name: METRICS[name](t_pred, t_lab) for name in model.task.metrics})
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="amqs-predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("export_dir", type=Path, help="a folder written by amqs-export")
+    p.add_argument("--input", type=Path, required=True, help="GLUE-layout TSV (with or without labels)")
+    p.add_argument("--output", type=Path, default=None, help="predictions TSV (default: INPUT.predictions.tsv)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        result = predict_file(args.export_dir, args.input, args.output, batch_size=args.batch_size,
+                              threads=args.threads)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"amqs-predict: {e}") from e
+    print(json.dumps(result), file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
