@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import torch
 from omegaconf import OmegaConf
 
@@ -32,7 +33,7 @@ from amqs.utils.run import git_revision, upsert_csv, write_json
 log = logging.getLogger("amqs.export")
 
 EXPORT_COLUMNS = ("task", "source", "compression", "pruned_fraction", "file_bytes", "accounted_bytes",
-                  "dev_accuracy_fakequant", "dev_accuracy_exported", "max_logit_diff", "removed_ffn_fraction",
+                  "encoder_stored_bytes", "encoder_accounted_bytes", "dev_accuracy_fakequant", "dev_accuracy_exported", "max_logit_diff", "removed_ffn_fraction",
                   "removed_heads", "command")
 
 
@@ -86,6 +87,11 @@ def pruned_fraction(assignment: Optional[BitAssignment], prefix: str = "bert.enc
     return pruned / total if total else 0.0
 
 
+def initializer_bytes(model: onnx.ModelProto, prefix: str) -> int:
+    """Bytes of the stored tensors whose name starts with ``prefix`` (e.g. the encoder's)."""
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name.startswith(prefix))
+
+
 def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, max_length: int,
                  remove_pruned: bool = True, meta: Optional[dict] = None) -> dict[str, Any]:
     """Write ``out/`` (model.onnx, export.json, config, tokenizer); return the export facts."""
@@ -99,10 +105,13 @@ def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, m
     student.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     inter = sum(ly.inter.shape[0] + ly.removed_neurons for ly in arrays.layers)
+    size = model_size(student)
     facts = {
         "format": FORMAT, "version": FORMAT_VERSION, "task": task, "num_labels": arrays.classifier.shape[0],
         "max_length": max_length, "file_bytes": (out / MODEL_FILE).stat().st_size,
-        "accounted_bytes": model_size(student).total_bytes,
+        "accounted_bytes": size.total_bytes,
+        # the encoder's stored tensors (packed codes, scales, zero points, biases, LayerNorms)
+        "encoder_stored_bytes": initializer_bytes(model, "bert.encoder."), "encoder_accounted_bytes": size.encoder_bytes,
         "removed_ffn_neurons": sum(ly.removed_neurons for ly in arrays.layers),
         "removed_ffn_fraction": sum(ly.removed_neurons for ly in arrays.layers) / inter if inter else 0.0,
         "removed_heads": {str(i): ly.removed_heads for i, ly in enumerate(arrays.layers) if ly.removed_heads},
@@ -159,7 +168,8 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
     if evaluate and results_dir is not None:
         row = {"task": cfg.data.task, "source": str(run_dir), "compression": run_metrics.get("compression"),
                "pruned_fraction": round(facts["pruned_fraction"], 4), "file_bytes": facts["file_bytes"],
-               "accounted_bytes": facts["accounted_bytes"],
+               "accounted_bytes": facts["accounted_bytes"], "encoder_stored_bytes": facts["encoder_stored_bytes"],
+               "encoder_accounted_bytes": facts["encoder_accounted_bytes"],
                "dev_accuracy_fakequant": parity["dev_accuracy_fakequant"],
                "dev_accuracy_exported": parity["dev_accuracy_exported"], "max_logit_diff": parity["max_logit_diff"],
                "removed_ffn_fraction": round(facts["removed_ffn_fraction"], 4),
