@@ -55,6 +55,8 @@ def parse_shape(s: str) -> tuple[int, int]:
         b, t = (int(v) for v in s.lower().split("x"))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"shape must look like 8x128, got {s!r}") from e
+    if b <= 0 or t <= 0:
+        raise argparse.ArgumentTypeError(f"shape must be positive, got {s!r}")
     return b, t
 
 

@@ -106,6 +106,7 @@ def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, m
     tokenizer.save_pretrained(out)
     inter = sum(ly.inter.shape[0] + ly.removed_neurons for ly in arrays.layers)
     size = model_size(student)
+    integer = sum(m.quantized and m.act is not None for m in arrays.matrices())
     facts = {
         "format": FORMAT, "version": FORMAT_VERSION, "task": task, "num_labels": arrays.classifier.shape[0],
         "max_length": max_length, "file_bytes": (out / MODEL_FILE).stat().st_size,
@@ -115,8 +116,9 @@ def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, m
         "removed_ffn_neurons": sum(ly.removed_neurons for ly in arrays.layers),
         "removed_ffn_fraction": sum(ly.removed_neurons for ly in arrays.layers) / inter if inter else 0.0,
         "removed_heads": {str(i): ly.removed_heads for i, ly in enumerate(arrays.layers) if ly.removed_heads},
-        "integer_matrices": sum(m.quantized and m.act is not None for m in arrays.matrices()),
-        "onnxruntime_ops": "QuantizeLinear + com.microsoft.MatMulIntegerToFloat (u8 x s8)",
+        "integer_matrices": integer,
+        "onnxruntime_ops": ("QuantizeLinear + com.microsoft.MatMulIntegerToFloat (u8 x s8)" if integer
+                            else "MatMul (fp32)"),
         **(meta or {}),
     }
     write_json(out / EXPORT_FILE, facts)

@@ -153,6 +153,9 @@ def act_params(aq: ActQuant, where: str) -> Optional[ActParams]:
     """The frozen (eval-mode) input quantizer of a QuantLinear, or None when it is disabled."""
     if not aq.enabled:
         return None
+    if aq.bits > 8:
+        raise ValueError(f"{where}: {aq.bits}-bit activations are not exportable (ONNX Runtime's integer kernels "
+                         "take 8-bit inputs); export needs act_bits <= 8, or none (32)")
     if not bool(aq.initialized):
         raise ValueError(f"{where}: its activation quantizer never saw data (no range); train or calibrate "
                          "the model before exporting")
@@ -213,7 +216,7 @@ def integer_weight(module: QuantLinear | QuantEmbedding, name: str) -> Matrix:
     if float(err) > tol:
         raise ValueError(f"{name}: integer codes do not reproduce the fake-quantized weight "
                          f"(max difference {float(err):.3g} > {tol:.3g}; scheme {scheme})")
-    codes = (q + offset[:, None]).round()
+    codes = torch.where(pruned, torch.zeros_like(q), q + offset[:, None]).round()
     zp_u = torch.where(bits == 0, 0.0, zp + offset)
     scale = torch.where(bits == 0, 0.0, scale)
     rows = module.rows_per_subgroup

@@ -1,0 +1,94 @@
+"""amqs-predict (amqs.predict): a GLUE-layout TSV through an exported tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amqs.data import DataError
+from amqs.predict import main as predict_main, predict_file
+from amqs.runtime import ExportedModel
+from tests.test_runtime import TinyExports, tiny_exports
+
+SENTENCES = ["a gripping , funny film", "dull", "the plot goes nowhere", "an utterly charming delight",
+             "i walked out", "it 's a masterpiece of tension"]
+LABELS = [1, 0, 0, 1, 0, 1]
+
+
+@pytest.fixture
+def tiny(tmp_path_factory: pytest.TempPathFactory, glue_dir: Path) -> TinyExports:
+    return tiny_exports(tmp_path_factory, glue_dir)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _labelled(tmp_path: Path) -> Path:
+    rows = "".join(f"{s}\t{y}\n" for s, y in zip(SENTENCES, LABELS))
+    return _write(tmp_path / "dev.tsv", "sentence\tlabel\n" + rows)
+
+
+def _unlabelled(tmp_path: Path) -> Path:
+    return _write(tmp_path / "test.tsv", "index\tsentence\n" + "".join(f"{i}\t{s}\n" for i, s in enumerate(SENTENCES)))
+
+
+def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    header, body = rows[0], rows[1:]
+    assert [int(r[0]) for r in body] == list(range(len(body)))
+    return header, np.array([int(r[1]) for r in body]), np.array([[float(v) for v in r[2:]] for r in body])
+
+
+def test_labelled_file_gives_accuracy_and_predictions(tiny: TinyExports, tmp_path: Path) -> None:
+    result = predict_file(tiny.quant_export, _labelled(tmp_path), batch_size=4, threads=1)
+    out = tmp_path / "dev.predictions.tsv"  # the default output next to the input
+    assert result["output"] == str(out) and result["examples"] == len(SENTENCES)
+    header, preds, logits = _read_predictions(out)
+    assert header == ["index", "prediction", "logit_0", "logit_1"]
+    assert logits.shape == (len(SENTENCES), 2)
+    np.testing.assert_array_equal(preds, logits.argmax(-1))
+    assert result["accuracy"] == pytest.approx(float((preds == np.array(LABELS)).mean()))
+    # the logits written are the model's (printed with 6 significant digits)
+    direct = ExportedModel(tiny.quant_export).predict_logits(SENTENCES)
+    np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-9)
+
+
+def test_unlabelled_file_has_no_metrics(tiny: TinyExports, tmp_path: Path) -> None:
+    labelled = predict_file(tiny.quant_export, _labelled(tmp_path), tmp_path / "a.tsv")
+    result = predict_file(tiny.quant_export, _unlabelled(tmp_path), tmp_path / "b.tsv")
+    assert set(result) == {"examples", "output"} and result["examples"] == len(SENTENCES)
+    assert "accuracy" in labelled
+    _, preds_a, logits_a = _read_predictions(tmp_path / "a.tsv")
+    _, preds_b, logits_b = _read_predictions(tmp_path / "b.tsv")
+    np.testing.assert_array_equal(preds_a, preds_b)
+    np.testing.assert_allclose(logits_a, logits_b, rtol=1e-6)
+
+
+def test_cli_prints_json(tiny: TinyExports, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "custom.tsv"
+    predict_main([str(tiny.quant_export), "--input", str(_labelled(tmp_path)), "--output", str(out),
+                  "--batch-size", "2", "--threads", "1"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["output"] == str(out) and out.is_file() and 0.0 <= printed["accuracy"] <= 1.0
+
+
+def test_malformed_row_names_file_and_line(tiny: TinyExports, tmp_path: Path) -> None:
+    f = _write(tmp_path / "bad.tsv", "sentence\tlabel\ngood film\t1\nno label here\n")
+    with pytest.raises(DataError, match=r"bad\.tsv:3: expected 2 tab-separated fields, got 1"):
+        predict_file(tiny.quant_export, f)
+    with pytest.raises(SystemExit, match=r"amqs-predict: .*bad\.tsv:3:"):
+        predict_main([str(tiny.quant_export), "--input", str(f)])
+    assert not (tmp_path / "bad.predictions.tsv").exists()
+
+
+def test_missing_export_folder_fails_cleanly(tmp_path: Path) -> None:
+    f = _write(tmp_path / "dev.tsv", "sentence\tlabel\nok\t1\n")
+    with pytest.raises(SystemExit, match=r"amqs-predict: .*nothing: no such export folder"):
+        predict_main([str(tmp_path / "nothing"), "--input", str(f)])
