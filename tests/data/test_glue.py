@@ -98,3 +98,49 @@ def test_bad_fraction(glue_dir: Path) -> None:
     train, _ = load_raw(DataConfig(task="mrpc", glue_dir=str(glue_dir)))
     with pytest.raises(DataError, match="search_val_fraction"):
         split_search_val(train, 1.5, 0)
+
+
+# read_glue_tsv(allow_unlabeled=True): GLUE's test.tsv layout (no label column), as amqs-predict reads
+
+
+def test_unlabeled_sst2_test_layout(tmp_path: Path) -> None:
+    f = _write(tmp_path / "test.tsv", "index\tsentence\n0\tuneasy mishmash of styles\n1\ta fine film\n")
+    ds = read_glue_tsv(f, get_task("sst2"), allow_unlabeled=True)
+    assert ds["text_a"] == ["uneasy mishmash of styles", "a fine film"]
+    assert ds["label"] == [-1, -1] and ds["text_b"] == [None, None]
+
+
+def test_unlabeled_mrpc_pairs(tmp_path: Path) -> None:
+    header = "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    f = _write(tmp_path / "test.tsv", "\ufeff" + header + "0\t1\t2\tA cat.\tA feline.\n")
+    ds = read_glue_tsv(f, get_task("mrpc"), allow_unlabeled=True)
+    assert ds[0] == {"text_a": "A cat.", "text_b": "A feline.", "label": -1}
+
+
+def test_allow_unlabeled_still_reads_labels(tmp_path: Path) -> None:
+    f = _write(tmp_path / "dev.tsv", "sentence\tlabel\ngood\t1\nbad\t0\n")
+    assert read_glue_tsv(f, get_task("sst2"), allow_unlabeled=True)["label"] == [1, 0]
+
+
+def test_unlabeled_file_needs_the_flag(tmp_path: Path) -> None:
+    f = _write(tmp_path / "test.tsv", "index\tsentence\n0\tok\n")
+    with pytest.raises(DataError, match=r"test\.tsv:1: expected header \['sentence', 'label'\], got"):
+        read_glue_tsv(f, get_task("sst2"))
+
+
+def test_unlabeled_header_needs_the_text_columns(tmp_path: Path) -> None:
+    f = _write(tmp_path / "test.tsv", "index\ttext\n0\tok\n")
+    with pytest.raises(DataError, match=r"test\.tsv:1: expected header .* or at least \['sentence'\]"):
+        read_glue_tsv(f, get_task("sst2"), allow_unlabeled=True)
+
+
+def test_unlabeled_bad_rows_name_file_and_line(tmp_path: Path) -> None:
+    f = _write(tmp_path / "test.tsv", "index\tsentence\n0\tok\n1\tfine\textra\n")
+    with pytest.raises(DataError, match=r"test\.tsv:3: expected 2 tab-separated fields, got 3"):
+        read_glue_tsv(f, get_task("sst2"), allow_unlabeled=True)
+    f = _write(tmp_path / "empty.tsv", "index\tsentence\n0\tok\n1\t  \n")
+    with pytest.raises(DataError, match=r"empty\.tsv:3: empty text field"):
+        read_glue_tsv(f, get_task("sst2"), allow_unlabeled=True)
+    f = _write(tmp_path / "none.tsv", "index\tsentence\n")
+    with pytest.raises(DataError, match=r"none\.tsv: no data rows"):
+        read_glue_tsv(f, get_task("sst2"), allow_unlabeled=True)
