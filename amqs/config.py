@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from amqs.search.architect import ArchitectConfig
 
@@ -113,11 +114,15 @@ class QuantConfig:
     act_bits: Optional[int] = 8  # input activations of every quantized Linear; null = fp32
     emb_bits: int = 8  # word/position/segment embeddings; 32 = not quantized
     scheme: str = "minmax"  # weight quantizer: minmax | symmetric | lsq | twn
+    # BinaryBERT's ternary weight splitting (amqs.quant.split): the student is built ternary (2-bit twn),
+    # loaded (init_from), then every quantized Linear is split into an equivalent 1-bit one of twice the
+    # input width. Needs weight_bits=1 and scheme=twn.
+    tws: bool = False
     act_symmetric: bool = False
     act_lsq: bool = False  # learned activation step (KDLSQ) instead of EMA ranges
     act_momentum: float = 0.9  # EMA momentum of activation ranges (Q8BERT)
     subgroups: int = 128  # subgroups (output-row blocks) per weight matrix, each with its own range
-    emb_subgroups: int = 1
+    emb_subgroups: int = 1  # subgroups per embedding table (at most one per row); 0 = one per row (row-wise)
     # re.fullmatch patterns over module names; empty = amqs.quant.surgery's BERT defaults.
     targets: list[str] = field(default_factory=list)
     embedding_targets: list[str] = field(default_factory=list)
@@ -140,22 +145,74 @@ class TeacherConfig:
 
 
 @dataclass
-class QatConfig(FinetuneConfig):
-    """Root schema of ``amqs-qat``: a fine-tuning run plus quantization, distillation and a teacher."""
+class BudgetConfig:
+    """An encoder size budget: of a search (amqs.search.objective) or of a Q-BERT allocation (``mixed``)."""
+
+    kind: str = "compression"  # bytes | compression (fp32 encoder / value) | avg_bits (per searched weight)
+    value: float = 13.0
+
+
+@dataclass
+class MixedConfig:
+    """Q-BERT-style fixed mixed precision: one weight bit-width per unit (layer or matrix), from a
+    sensitivity measure on the teacher, the most sensitive units getting the most bits, within ``budget``
+    (amqs.train.sensitivity)."""
+
+    # hessian: Hutchinson estimate of the trace of the task-loss Hessian (Q-BERT/HAWQ-style);
+    # fisher: trace of the squared batch gradients (one backward per batch: a cheaper proxy).
+    sensitivity: str = "hessian"
+    choices: list[int] = field(default_factory=lambda: [2, 4, 8])  # weight bit-widths a unit may take
+    granularity: str = "layer"  # layer: one bit-width per Transformer layer (Q-BERT) | matrix: per weight matrix
+    batches: int = 8  # train-split batches the sensitivity is averaged over
+    probes: int = 4  # Hutchinson Rademacher vectors per batch (hessian only)
+    seed: int = 0  # seeds the probes
+
+
+@dataclass
+class StageConfig:
+    """One earlier stage of a staged recipe: the quant settings that differ from ``quant``."""
+
+    name: str = MISSING  # sub-folder of the run: results/runs/<name>/<i>-<stage name>
+    weight_bits: Optional[int] = None  # None: quant.weight_bits
+    act_bits: Optional[int] = None  # None: quant.act_bits; 32: activations not quantized in this stage
+    tws: Optional[bool] = None  # None: quant.tws
+
+
+@dataclass
+class StagedConfig:
+    """A recipe trained in stages (amqs.train.staged): ``stages`` in order, then ``quant`` itself, each
+    stage starting from the previous stage's student (init_from)."""
+
+    stages: list[StageConfig] = field(default_factory=list)
+    # true: every stage trains train.epochs / (number of stages), so the recipe costs the data budget of
+    # one run; false: every stage trains train.epochs (the papers' protocol).
+    split_budget: bool = True
+
+
+@dataclass
+class QatRunConfig(FinetuneConfig):
+    """One QAT run (amqs.train.qat): a fine-tuning run plus quantization, distillation and a teacher.
+
+    Shared by ``amqs-qat`` (:class:`QatConfig`) and the search's retrain (:class:`SearchConfig`).
+    """
 
     quant: QuantConfig = field(default_factory=QuantConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     name: str = "${data.task}-${quant.name}"  # run folder: results/runs/<name>
     eval_search_val: bool = True  # also report search-validation metrics (used for model selection)
+    # A finished run folder (results/runs/<name>) whose student.pt the student starts from, instead of the
+    # teacher's weights (progressive recipes); quantizer state is kept where the bit-widths agree.
+    init_from: Optional[str] = None
 
 
 @dataclass
-class BudgetConfig:
-    """The size budget of a search (resolved to target encoder bytes by amqs.search.objective)."""
+class QatConfig(QatRunConfig):
+    """Root schema of ``amqs-qat``: one QAT run, optionally a literature recipe (conf/recipe/)."""
 
-    kind: str = "compression"  # bytes | compression (fp32 encoder / value) | avg_bits (per searched weight)
-    value: float = 13.0
+    mixed: Optional[MixedConfig] = None  # set: Q-BERT per-layer bits from sensitivity (needs budget)
+    budget: Optional[BudgetConfig] = None  # the encoder size budget of ``mixed``
+    staged: Optional[StagedConfig] = None  # set: train in stages (progressive, BinaryBERT)
 
 
 @dataclass
@@ -234,7 +291,7 @@ class OuterConfig:
 
 
 @dataclass
-class SearchConfig(QatConfig):
+class SearchConfig(QatRunConfig):
     """Root schema of ``amqs-search``: search -> derive -> retrain -> evaluate for one budget.
 
     ``train`` is the retrain (QAT) of the derived assignment; of ``quant`` only the activation

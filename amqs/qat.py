@@ -3,6 +3,7 @@
     amqs-qat quant=w8a8 teacher=shared_sst2          # Q8BERT-style baseline on SST-2
     amqs-qat quant=w2a8 data.max_train_examples=12800
     amqs-qat debug=smoke quant=w4a8                  # tiny model, seconds
+    amqs-qat recipe=qbert teacher=shared_sst2        # a literature recipe (conf/recipe/, docs/recipes.md)
 
 Writes ``results/runs/<name>/`` (bits.json, metrics.json, config.yaml, train_log.jsonl,
 student.pt) and upserts a row of ``results/baselines.csv`` (key: task, method).
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
 from amqs.train.qat import run_qat
+from amqs.train.staged import run_staged
 from amqs.utils.run import command_line, upsert_csv
 
 BASELINE_COLUMNS = ("task", "method", "weight_bits", "act_bits", "emb_bits", "encoder_bytes", "total_bytes",
@@ -25,11 +27,16 @@ BASELINE_COLUMNS = ("task", "method", "weight_bits", "act_bits", "emb_bits", "en
 
 
 def run(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
-    """Train (or reuse) the run; record it in results/baselines.csv."""
-    metrics = run_qat(cfg, command=command)
-    upsert_csv(Path(cfg.paths.results_dir) / "baselines.csv", {k: metrics[k] for k in BASELINE_COLUMNS},
-               key=("task", "method"), columns=BASELINE_COLUMNS)
+    """Train (or reuse) the run, in stages for a staged recipe; record it in results/baselines.csv."""
+    metrics = run_staged(cfg, command=command) if cfg.get("staged") is not None else run_qat(cfg, command=command)
+    record(metrics, cfg.paths.results_dir)
     return metrics
+
+
+def record(metrics: dict[str, Any], results_dir: str | Path, **changes: Any) -> None:
+    """Upsert a run's row of ``<results_dir>/baselines.csv`` (key: task, method); ``changes`` override fields."""
+    row = {**{k: metrics.get(k) for k in BASELINE_COLUMNS}, **changes}
+    upsert_csv(Path(results_dir) / "baselines.csv", row, key=("task", "method"), columns=BASELINE_COLUMNS)
 
 
 register_configs()

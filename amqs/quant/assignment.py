@@ -243,7 +243,7 @@ def uniform_assignment(
     embedding_bits: int = 8,
     *,
     subgroup_size: int | None = None,
-    embedding_num_subgroups: int = 1,
+    embedding_num_subgroups: int | Mapping[str, int] = 1,
     meta: Mapping[str, Any] | None = None,
 ) -> BitAssignment:
     """Same ``bits`` for every subgroup of the ``nn.Linear`` modules matching ``patterns``.
@@ -252,7 +252,8 @@ def uniform_assignment(
     mapping ``regex -> int`` (first key that fullmatches the module name wins),
     or ``subgroup_size`` = rows per subgroup (``G = out_features / subgroup_size``);
     default 1 (per-matrix). Embeddings matching ``embedding_patterns`` (pass
-    ``()`` for none) get ``embedding_bits`` with ``embedding_num_subgroups``.
+    ``()`` for none) get ``embedding_bits`` with ``embedding_num_subgroups`` (an int,
+    or a mapping ``regex -> int`` like ``num_subgroups``).
     Patterns are ``re.fullmatch``-ed against ``model.named_modules()`` names and
     each must match at least one module.
 
@@ -274,7 +275,7 @@ def uniform_assignment(
     if embedding_patterns:
         for name in select_modules(model, embedding_patterns, nn.Embedding):
             w = model.get_submodule(name).weight
-            g = embedding_num_subgroups
+            g = _subgroups_for(name, w.shape[0], embedding_num_subgroups, None)
             try:
                 modules[name] = ModuleBits(g, (embedding_bits,) * g, w.shape[0], w.shape[1], "embedding")
             except ValueError as e:

@@ -8,13 +8,14 @@ retrain step.
 
 Example::
 
-    metrics = run_qat(cfg)                            # uniform recipe from cfg.quant
+    metrics = run_qat(cfg)                            # uniform recipe from cfg.quant (or a recipe: docs/recipes.md)
     metrics = run_qat(cfg, BitAssignment.from_json(p)) # a searched assignment
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import logging
 import shutil
@@ -22,16 +23,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amqs.config import ModelConfig
 from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
-from amqs.quant import BitAssignment, apply_assignment, model_size, uniform_assignment
+from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
+                        model_size, uniform_assignment, weight_bits_of)
+from amqs.quant.split import split_ternary_linears
 from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 from amqs.train.distill import DistillLoss
-from amqs.train.loop import fit, seed_everything
+from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
 from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
 
@@ -57,7 +60,10 @@ def load_teacher(cfg: DictConfig, num_labels: int):
 
 
 def build_assignment(model: nn.Module, cfg: DictConfig) -> Optional[BitAssignment]:
-    """The uniform assignment of ``cfg.quant``; None when nothing is quantized (fp32)."""
+    """The uniform assignment of ``cfg.quant``; None when nothing is quantized (fp32).
+
+    With ``quant.tws`` it is the ternary (2-bit) assignment the split starts from.
+    """
     q = cfg.quant
     if q.weight_bits == 32 and q.act_bits in (None, 32) and q.emb_bits == 32:
         return None
@@ -66,11 +72,104 @@ def build_assignment(model: nn.Module, cfg: DictConfig) -> Optional[BitAssignmen
     # quant.subgroups per matrix, or one per row for a matrix with fewer rows (tiny test models).
     subgroups = {re.escape(n): min(q.subgroups, model.get_submodule(n).out_features)
                  for n in select_modules(model, targets)}
+    emb_subgroups = {}
+    for n in (select_modules(model, embeddings, nn.Embedding) if embeddings else ()):
+        rows = model.get_submodule(n).num_embeddings
+        emb_subgroups[re.escape(n)] = rows if q.emb_subgroups == 0 else min(q.emb_subgroups, rows)
     return uniform_assignment(
-        model, targets, q.weight_bits, num_subgroups=subgroups,
+        model, targets, 2 if q.tws else q.weight_bits, num_subgroups=subgroups,
         scheme=q.scheme, act_bits=q.act_bits, embedding_patterns=embeddings, embedding_bits=q.emb_bits,
-        embedding_num_subgroups=q.emb_subgroups, meta={"method": q.name},
+        embedding_num_subgroups=emb_subgroups, meta={"method": q.name},
     )
+
+
+def check_recipe(cfg: DictConfig, assignment: Optional[BitAssignment] = None) -> Optional[dict[str, Any]]:
+    """Fail fast, before any data or model is loaded, on recipe settings that do not fit together.
+
+    Returns the metrics of the ``init_from`` run (None without one).
+    """
+    q = cfg.quant
+    if q.tws and (q.weight_bits != 1 or q.scheme != "twn"):
+        raise ValueError("quant.tws=true splits a ternary (twn) student into a binary one: it needs "
+                         f"quant.weight_bits=1 and quant.scheme=twn, got {q.weight_bits} and {q.scheme!r}")
+    if "mixed" in cfg and assignment is None:  # amqs-qat's schema (the search's retrain has its own budget)
+        if cfg.mixed is not None and cfg.budget is None:
+            raise ValueError("mixed (per-layer bits, recipe=qbert) needs a size budget: add budget=c13 "
+                             "(or c10_8, c16_2; then budget.value=... to change it)")
+        if cfg.mixed is None and cfg.budget is not None:
+            raise ValueError("budget is only used by a mixed-precision allocation (recipe=qbert); a uniform "
+                             "recipe's size follows from quant.weight_bits")
+        if cfg.mixed is not None and q.tws:
+            raise ValueError("mixed and quant.tws do not combine: TWS splits a uniformly ternary student")
+    init_from = cfg.get("init_from")
+    if not init_from:
+        return None
+    path = Path(init_from)
+    if not path.is_dir():
+        raise FileNotFoundError(f"init_from={init_from!r}: no such run folder; run that stage first "
+                                "(amqs-qat writes results/runs/<name>; staged recipes run their stages in order)")
+    missing = [f for f in (STUDENT_FILE, "metrics.json") if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"init_from={init_from!r} is not a finished run: {' and '.join(missing)} missing "
+                                "(a run writes them when it ends; rerun it to finish it)")
+    return json.loads((path / "metrics.json").read_text())
+
+
+def _is_quantizer_state(key: str) -> bool:
+    return key.endswith((".bits", ".step")) or ".act_quant." in key
+
+
+@torch.no_grad()
+def load_student_init(student: nn.Module, run_folder: str | Path) -> dict[str, list[str]]:
+    """Load a finished run's ``student.pt`` into ``student`` (built for this run's assignment).
+
+    Every weight, bias and LayerNorm must match by name and shape (the same model), else ``ValueError``.
+    Quantizer state is kept where it still means the same: bit-widths always come from this run; an LSQ
+    weight step only where the module's bits are unchanged (else re-initialised from the loaded weights);
+    activation EMA ranges always (they do not depend on the bit-width); a learned activation step only at
+    the same activation bits. Returns the names of quantizer states re-initialised.
+
+    Example::
+
+        load_student_init(student, "results/runs/sst2-progressive/1-w8")
+    """
+    folder = Path(run_folder)
+    state = torch.load(folder / STUDENT_FILE, map_location="cpu", weights_only=True)
+    own = student.state_dict()
+    missing = [k for k in own if not _is_quantizer_state(k) and k not in state]
+    unexpected = [k for k in state if not _is_quantizer_state(k) and k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+              if k in state and not _is_quantizer_state(k) and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(f"{what}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}"
+                           for what, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+                           if items)
+        raise ValueError(f"init_from={str(run_folder)!r}: its student.pt does not fit this student ({detail}); "
+                         "it must come from the same model, not from a TWS-split one (twice as wide)")
+    student.load_state_dict({k: state[k] for k in own if not _is_quantizer_state(k)}, strict=False)
+    prev_act_bits = None
+    if (folder / "bits.json").exists():
+        prev_act_bits = BitAssignment.from_json(folder / "bits.json").act_bits
+    reset: list[str] = []
+    for name, m in student.named_modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)) and m.step is not None:
+            step, bits = state.get(f"{name}.step"), state.get(f"{name}.bits")
+            if step is not None and bits is not None and step.shape == m.step.shape and torch.equal(bits, m.bits.cpu()):
+                m.step.copy_(step)
+            else:
+                m.reset_step()
+                reset.append(f"{name}.step")
+        elif isinstance(m, ActQuant) and m.enabled:
+            prev = {k: state.get(f"{name}.{k}") for k in ("running_min", "running_max", "initialized", "step")}
+            if m.lsq and prev["step"] is not None and prev_act_bits == m.bits:
+                m.step.copy_(prev["step"])
+                m.initialized.copy_(prev["initialized"])
+            elif not m.lsq and prev["step"] is None and prev["initialized"] is not None:
+                for k in ("running_min", "running_max", "initialized"):
+                    getattr(m, k).copy_(prev[k])
+            else:
+                reset.append(name)
+    return {"reinitialised": reset}
 
 
 def quantize_student(teacher: nn.Module, assignment: Optional[BitAssignment], cfg: DictConfig) -> tuple[nn.Module, list[str]]:
@@ -89,12 +188,21 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     """Train and evaluate one fixed assignment; write ``results/runs/<name>/``; return its metrics.
 
     The student starts from the teacher's weights, or from ``student_init`` (an HF id/folder, e.g.
-    the pretrained encoder: AQ-BERT's re-initialisation); the teacher distils either way.
+    the pretrained encoder: AQ-BERT's re-initialisation), or from ``cfg.init_from`` (a finished run's
+    student.pt: staged recipes); the teacher distils either way. Without ``assignment`` the bits come
+    from ``cfg.quant``, per layer from ``cfg.mixed`` (Q-BERT), and ``cfg.quant.tws`` splits the ternary
+    student into a binary one (BinaryBERT) before training. ``dev_accuracy_ptq`` is the student's
+    accuracy before training (after the split, for TWS: the ternary model's, by equivalence).
     """
     out = run_dir(cfg)
+    prev = check_recipe(cfg, assignment)
+    if prev is not None and student_init is not None:
+        raise ValueError("init_from and student_init both name the student's start: pass one")
     fp = config_hash(cfg)
     if assignment is not None:
         fp += "-" + fingerprint({"bits": assignment.to_dict(), "init": student_init})
+    if prev is not None:  # a retrained previous stage makes this one stale
+        fp += "-" + fingerprint({"init_from": prev.get("config_hash")})
     done = prepare_run_dir(out, fp, cfg.overwrite)
     if done is not None:
         log.info("reusing the finished run in %s", out)
@@ -105,21 +213,35 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     task = get_task(cfg.data.task)
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
-    if assignment is None:
-        assignment = build_assignment(teacher, cfg)
-    base = teacher
-    if student_init is not None:
-        base, _ = load_classifier(ModelConfig(name=cfg.model.name, source=student_init), task.num_labels)
-    student, replaced = quantize_student(base, assignment, cfg)
-    log.info("quantized %d modules (%s): %s", len(replaced), cfg.quant.name, ", ".join(replaced))
-    if assignment is not None:
-        assignment.to_json(out / "bits.json")
-    size = model_size(student)
 
     def loader(split: str, train: bool):
         return make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,
                            batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
                            shuffle=train, seed=cfg.train.seed)
+
+    if assignment is None:
+        assignment = build_assignment(teacher, cfg)
+        if cfg.get("mixed") is not None:
+            assignment = _mixed(cfg, teacher, assignment, loader("train", True), out)
+    base = teacher
+    if student_init is not None:
+        # cfg.model's geometry too: a "random" source builds the model from it (the tiny test model)
+        model_cfg = ModelConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "source": student_init})
+        base, _ = load_classifier(model_cfg, task.num_labels)
+    student, replaced = quantize_student(base, assignment, cfg)
+    if prev is not None:
+        init = load_student_init(student, cfg.init_from)
+        log.info("student from %s (re-initialised quantizer state: %s)", cfg.init_from, init["reinitialised"])
+    if cfg.quant.tws:
+        split = split_ternary_linears(student)
+        log.info("TWS: split %d ternary Linears into binary ones of twice the width", len(split))
+        assignment = extract_assignment(student, meta={**assignment.meta, "tws": split})
+    log.info("quantized %d modules (%s): %s", len(replaced), cfg.quant.name, ", ".join(replaced))
+    if assignment is not None:
+        assignment.to_json(out / "bits.json")
+    size = model_size(student)
+    # The fp32 reference is the teacher's architecture: a TWS-split student's matrices are twice as wide.
+    fp32 = model_size(teacher) if cfg.quant.tws else size
 
     dev_loader = loader("dev", False)
     # Post-training quantization accuracy (ranges from the first batches), before any training.
@@ -135,11 +257,14 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     save_config(cfg, out / "config.yaml")
     metrics = {
         "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source, "student_init": student_init,
-        "weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits, "emb_bits": cfg.quant.emb_bits,
-        "scheme": cfg.quant.scheme, "replaced_modules": replaced,
+        "init_from": cfg.get("init_from"),
+        "weight_bits": _weight_bits(assignment, cfg.quant.weight_bits), "act_bits": cfg.quant.act_bits,
+        "emb_bits": cfg.quant.emb_bits, "scheme": cfg.quant.scheme, "replaced_modules": replaced,
+        **({"unit_bits": dict(assignment.meta["unit_bits"])} if assignment and "unit_bits" in assignment.meta else {}),
         "encoder_bytes": size.encoder_bytes, "total_bytes": size.total_bytes,
-        "fp32_encoder_bytes": size.fp32_encoder_bytes, "fp32_total_bytes": size.fp32_total_bytes,
-        "compression": round(size.encoder_compression, 3), "total_compression": round(size.total_compression, 3),
+        "fp32_encoder_bytes": fp32.fp32_encoder_bytes, "fp32_total_bytes": fp32.fp32_total_bytes,
+        "compression": round(fp32.fp32_encoder_bytes / size.encoder_bytes, 3),
+        "total_compression": round(fp32.fp32_total_bytes / size.total_bytes, 3),
         "dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"),
         "dev_accuracy_ptq": ptq["accuracy"],
         "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1"),
@@ -150,5 +275,39 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoint")
     log.info("%s: dev %s (PTQ %s), encoder %d B (%.2fx)", cfg.name, dev, ptq, size.encoder_bytes,
-             size.encoder_compression)
+             metrics["compression"])
     return metrics
+
+
+def _weight_bits(assignment: Optional[BitAssignment], configured: int) -> float | int:
+    """The encoder Linears' bits: the common value of a uniform assignment, else their average per weight."""
+    if assignment is None:
+        return configured
+    bits = {b for n, m in assignment.modules.items() if m.kind == "linear" and n.startswith("bert.encoder.")
+            for b in m.bits}
+    if len(bits) == 1:
+        return bits.pop()
+    if not bits:
+        return configured
+    return round(weight_bits_of(assignment)[1], 3)
+
+
+def _mixed(cfg: DictConfig, teacher: nn.Module, assignment: BitAssignment, train_loader, out: Path) -> BitAssignment:
+    """Q-BERT's per-layer bits (amqs.train.sensitivity); a resumed run keeps the bits it started with."""
+    from amqs.search.objective import Budget
+    from amqs.train.sensitivity import mixed_assignment
+
+    if (out / "checkpoint" / STATE_FILE).exists() and (out / "bits.json").exists():
+        return BitAssignment.from_json(out / "bits.json")
+    device = next(teacher.parameters()).device
+    batches = []
+    for batch in train_loader:
+        if len(batches) == cfg.mixed.batches:
+            break
+        batches.append({k: v.to(device) for k, v in batch.items()})
+    budget = Budget(cfg.budget.kind, float(cfg.budget.value))
+    mixed = mixed_assignment(teacher, assignment, batches, cfg.mixed, budget)
+    log.info("%s sensitivity per unit: %s -> bits %s (%d encoder bytes, target %.0f)", cfg.mixed.sensitivity,
+             mixed.meta["sensitivity"]["per_unit"], mixed.meta["unit_bits"], mixed.meta["encoder_bytes"],
+             mixed.meta["target_bytes"])
+    return mixed

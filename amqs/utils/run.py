@@ -47,11 +47,23 @@ _NOT_HASHED = ("paths", "overwrite", "device", "name", "eval_search_val")
 _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress", "eval_batch_size")
 
 
+# Keys added after runs were recorded, with the value that means "not used": hashed only when set, so a
+# finished run keeps its fingerprint (and is reused) across the addition.
+_HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, ("staged",): None,
+                    ("quant", "tws"): False}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Fingerprint of what a run computes: two runs with the same hash give the same result."""
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in _NOT_HASHED:
         c.pop(k, None)
+    for path, unused in _HASHED_WHEN_SET.items():
+        node = c
+        for k in path[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == unused:
+            del node[path[-1]]
     c.get("data", {}).pop("glue_dir", None)  # the same rows from the hub or a local copy
     for k in _TRAIN_NOT_HASHED:
         c.get("train", {}).pop(k, None)

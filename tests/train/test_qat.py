@@ -57,3 +57,65 @@ def test_missing_teacher_says_how_to_make_one(tmp_path: Path, glue_dir: Path) ->
     cfg = compose_cfg("qat", ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}"])
     with pytest.raises(FileNotFoundError, match="amqs-finetune"):
         run_qat(cfg)
+
+
+# --- init_from: a student that starts from a previous run's student.pt -------------------------------
+
+def _finished_run(folder: Path, student: torch.nn.Module, assignment: BitAssignment) -> Path:
+    folder.mkdir(parents=True)
+    torch.save(student.state_dict(), folder / "student.pt")
+    assignment.to_json(folder / "bits.json")
+    (folder / "metrics.json").write_text(json.dumps({"config_hash": "prev"}))
+    return folder
+
+
+def test_init_from_loads_the_previous_weights_and_keeps_its_own_bits(tmp_path: Path) -> None:
+    from amqs.quant import apply_assignment, init_lsq_step, uniform_assignment
+    from amqs.train.qat import load_student_init
+    from tests.tiny import batch, tiny_bert
+
+    prev = tiny_bert(seed=1)
+    a8 = uniform_assignment(prev, bits=8, num_subgroups=4, scheme="lsq", act_bits=8, embedding_bits=8)
+    apply_assignment(prev, a8)
+    prev.train()(**{k: v for k, v in batch(0).items() if k != "labels"})  # EMA activation ranges
+    folder = _finished_run(tmp_path / "prev", prev, a8)
+
+    student = tiny_bert(seed=0)
+    kept = "bert.encoder.layer.0.attention.self.query"  # stays at 8 bits: its learned step is kept
+    a4 = a8.with_bits({n: [4] * 4 for n, m in a8.modules.items() if m.kind == "linear" and n != kept})
+    apply_assignment(student, a4)
+    init = load_student_init(student, folder)
+    ps, ss = prev.state_dict(), student.state_dict()
+    weights = [k for k in ss if k.endswith(("weight", "bias"))]
+    assert weights and all(torch.equal(ss[k], ps[k]) for k in weights)
+    other = "bert.encoder.layer.1.output.dense"
+    assert ss[f"{other}.bits"].tolist() == [4] * 4 and ss[f"{kept}.bits"].tolist() == [8] * 4
+    assert torch.equal(ss[f"{kept}.step"], ps[f"{kept}.step"])
+    assert f"{other}.step" in init["reinitialised"] and not torch.equal(ss[f"{other}.step"], ps[f"{other}.step"])
+    q = student.get_submodule(other)
+    # re-initialised from the loaded weights, not from the ones the student was built with
+    assert torch.allclose(q.step, init_lsq_step(q.weight.reshape(4, -1), q.bits))
+    for k in (f"{other}.act_quant.running_max", f"{other}.act_quant.initialized"):
+        assert torch.equal(ss[k], ps[k])  # EMA ranges do not depend on the bit-width
+
+    other_geometry = tiny_bert(intermediate_size=64)
+    with pytest.raises(ValueError, match="does not fit this student.*shape"):
+        load_student_init(other_geometry, folder)
+
+
+def test_init_from_a_missing_or_unfinished_run_fails_clearly(tmp_path: Path) -> None:
+    cfg = compose_cfg("qat", ["debug=smoke", f"paths.results_dir={tmp_path}", f"init_from={tmp_path}/runs/nope"])
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        run_qat(cfg)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "metrics.json").write_text("{}")
+    cfg.init_from = str(tmp_path / "half")
+    with pytest.raises(FileNotFoundError, match="not a finished run: student.pt missing"):
+        run_qat(cfg)
+
+
+@pytest.mark.slow
+def test_student_init_builds_the_configured_geometry(qat_cfg: DictConfig) -> None:
+    # AQ-BERT's reinit on the tiny model: a "random" source must take model.* sizes (128 positions here)
+    metrics = run_qat(qat_cfg, command="test", student_init="random")
+    assert metrics["student_init"] == "random" and metrics["replaced_modules"]

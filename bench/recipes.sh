@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The literature's recipes (docs/recipes.md) as rows of results/baselines.csv (method = the recipe), next to
+# the uniform baselines of bench/baselines.sh and with their budget: SST-2, the default model (MiniLM-L6),
+# from the shared fp32 SST-2 teacher (../shared/models/minilm-l6-sst2), 1 epoch over the same 16,000 train
+# examples (search-validation held out), batch 32, lr 2e-5. Staged recipes (binarybert, progressive) split
+# that one epoch between their stages. AQ-BERT searches 0.5 epoch then retrains 1 epoch (bench/search.sh).
+# Then Q8BERT and TernaryBERT on MRPC from the MRPC teacher (results/teachers/minilm-l6-mrpc), 3 epochs,
+# with the fp32 reference row. Extra overrides for every run: AMQS_EXTRA="train.num_threads=1 ...".
+# Resumable: rerun after a kill (finished runs and stages are reused, a killed one resumes).
+set -euo pipefail
+export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
+BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
+for r in ${RECIPES:-q8bert qbert ternarybert binarybert kdlsq progressive}; do
+  amqs-qat recipe=$r $BUDGET
+done
+amqs-search recipe=aqbert search.epochs=0.5 $BUDGET      # also a row of results/search.csv
+python bench/record_search.py results/runs/sst2-recipe-aqbert-*/
+
+MRPC="data=mrpc teacher=finetuned train.epochs=3 ${AMQS_EXTRA:-}"
+amqs-qat quant=fp32 $MRPC
+for r in q8bert ternarybert; do
+  amqs-qat recipe=$r $MRPC
+done
+
+python -m amqs.report.tables results/baselines.csv --out results/recipes.md \
+  --title "Uniform baselines and literature recipes" \
+  --note "SST-2 rows: the default model (MiniLM-L6) from the shared fp32 SST-2 teacher (dev 89.33), 1 epoch over the same 16,000 train examples (search-validation held out), batch 32, lr 2e-5; staged recipes (binarybert, progressive) share that epoch between their stages; aqbert searches 0.5 epoch, then retrains 1 epoch. MRPC rows: the MRPC teacher (results/teachers/minilm-l6-mrpc), 3 epochs over the train split. Methods and what each approximates: docs/recipes.md. weight_bits of a mixed-precision row is the average per encoder weight; compression = fp32 encoder bytes / encoder bytes." \
+  --note "Regenerate: bash bench/baselines.sh && bash bench/recipes.sh"
