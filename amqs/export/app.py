@@ -33,7 +33,8 @@ from amqs.utils.run import git_revision, upsert_csv, write_json
 log = logging.getLogger("amqs.export")
 
 EXPORT_COLUMNS = ("task", "source", "compression", "pruned_fraction", "file_bytes", "accounted_bytes",
-                  "encoder_stored_bytes", "encoder_accounted_bytes", "dev_accuracy_fakequant", "dev_accuracy_exported", "max_logit_diff", "removed_ffn_fraction",
+                  "encoder_stored_bytes", "encoder_accounted_bytes", "dev_accuracy_fakequant", "dev_accuracy_exported",
+                  "max_logit_diff", "median_logit_diff", "prediction_agreement", "removed_ffn_fraction",
                   "removed_heads", "command")
 
 
@@ -137,8 +138,9 @@ def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threa
     loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False)
     torch_logits, labels = predict(student, loader)
     ort_logits = torch.from_numpy(exported.predict_dataset(dev, batch_size=64))
-    out: dict[str, Any] = {"dev_examples": len(labels),
-                           "max_logit_diff": float((ort_logits - torch_logits).abs().max())}
+    diff = (ort_logits - torch_logits).abs().amax(dim=-1)  # per example
+    out: dict[str, Any] = {"dev_examples": len(labels), "max_logit_diff": float(diff.max()),
+                           "median_logit_diff": float(diff.median())}
     for name in exported.task.metrics:
         out[f"dev_{name}_fakequant"] = METRICS[name](torch_logits.argmax(-1), labels)
         out[f"dev_{name}_exported"] = METRICS[name](ort_logits.argmax(-1), labels)
@@ -174,6 +176,7 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
                "encoder_accounted_bytes": facts["encoder_accounted_bytes"],
                "dev_accuracy_fakequant": parity["dev_accuracy_fakequant"],
                "dev_accuracy_exported": parity["dev_accuracy_exported"], "max_logit_diff": parity["max_logit_diff"],
+               "median_logit_diff": parity["median_logit_diff"], "prediction_agreement": parity["prediction_agreement"],
                "removed_ffn_fraction": round(facts["removed_ffn_fraction"], 4),
                "removed_heads": sum(len(v) for v in facts["removed_heads"].values()), "command": command}
         upsert_csv(Path(results_dir) / "exports.csv", row, key=("task", "source"), columns=EXPORT_COLUMNS)
