@@ -72,10 +72,6 @@ def linear(g: GraphBuilder, x: str, m: Matrix) -> str:
     return g.op("Add", [y, bias]) if bias else y
 
 
-def embedding_table(g: GraphBuilder, m: Matrix) -> str:
-    return _float_weight(g, m)
-
-
 def layer_norm(g: GraphBuilder, x: str, norm: tuple[np.ndarray, np.ndarray], eps: float, name: str) -> str:
     return g.op("LayerNormalization", [x, g.const(name + ".weight", norm[0]), g.const(name + ".bias", norm[1])],
                 name, axis=-1, epsilon=eps)
@@ -115,14 +111,14 @@ def build_model(arrays: BertArrays, *, producer: str = "amqs", doc: str = "") ->
     """The ONNX model of ``arrays`` (see the module docstring)."""
     g = GraphBuilder()
     ids, mask_in, types = INPUTS
-    word = g.op("Gather", [embedding_table(g, arrays.word), ids], axis=0)
+    word = g.op("Gather", [_float_weight(g, arrays.word), ids], axis=0)
     # positions 0..T-1: the first T rows of the position table (a Slice with a 1-D end; a
     # Gather over Range(0, T) is what ORT 1.32's GatherToSliceFusion mis-rewrites)
     seq_len = g.op("Slice", [g.op("Shape", [ids]), g.const("one_1d", np.array([1], np.int64)),
                              g.const("two_1d", np.array([2], np.int64))])
-    pos = g.op("Slice", [embedding_table(g, arrays.position), g.const("zero_1d", np.array([0], np.int64)), seq_len,
+    pos = g.op("Slice", [_float_weight(g, arrays.position), g.const("zero_1d", np.array([0], np.int64)), seq_len,
                          g.const("zero_1d", np.array([0], np.int64))])
-    typ = g.op("Gather", [embedding_table(g, arrays.token_type), types], axis=0)
+    typ = g.op("Gather", [_float_weight(g, arrays.token_type), types], axis=0)
     x = layer_norm(g, g.op("Add", [g.op("Add", [word, pos]), typ]), arrays.emb_norm, arrays.eps,
                    "bert.embeddings.LayerNorm")
     # HF's extended mask: 0 where attended, finfo(float32).min where masked, shape [B, 1, 1, T]

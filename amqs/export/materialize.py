@@ -36,6 +36,7 @@ from amqs.quant.functions import (
     _effective_bits,
     choose_qparams_minmax,
     choose_qparams_symmetric,
+    choose_qparams_ternary_twn,
     qparams_from_range,
     qrange,
     quantize_to_int,
@@ -196,7 +197,6 @@ def integer_weight(module: QuantLinear | QuantEmbedding, name: str) -> Matrix:
         zp = torch.zeros_like(scale)
         offset = -qmin + (eff == 8).float()  # signed codes -> unsigned storage (8 bits: +128)
         if scheme == "twn":
-            from amqs.quant.functions import choose_qparams_ternary_twn
             thr, alpha = choose_qparams_ternary_twn(wg)
             tern = (bits == 2)[:, None]
             q_t = torch.where(wg.abs() > thr[:, None], torch.sign(wg), torch.zeros_like(wg))

@@ -66,14 +66,22 @@ class GraphBuilder:
     nodes: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
     _count: int = 0
+    _small: dict = field(default_factory=dict)  # (dtype, shape, bytes) -> name of a shared small constant
 
     def name(self, base: str) -> str:
         self._count += 1
         return f"{base}_{self._count}"
 
     def const(self, base: str, value: np.ndarray) -> str:
+        """An initializer holding ``value``; small constants (shapes, axes, scalars) are stored once."""
+        value = np.ascontiguousarray(value)
+        key = (value.dtype.str, value.shape, value.tobytes()) if value.size <= 16 else None
+        if key is not None and key in self._small:
+            return self._small[key]
         n = self.name(base)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), n))
+        self.initializers.append(numpy_helper.from_array(value, n))
+        if key is not None:
+            self._small[key] = n
         return n
 
     def op(self, op_type: str, inputs: list[str], base: str | None = None, *, domain: str = "",
