@@ -19,8 +19,10 @@ from amqs.report.tables import to_markdown
 
 NOTES = (
     "SST-2 dev, default model (MiniLM-L6). Spaces: `default` = {prune, 2, 4, 8} bits, `aqbert` = {prune, 2, 4} "
-    "bits, both with 128 subgroups per matrix and 8-bit activations and embeddings. Every row starts from the shared fp32 SST-2 teacher "
-    "(../shared/models/minilm-l6-sst2, dev 89.33). Searched rows: supernet search for 0.5 epoch over 16,000 "
+    "bits, both with 128 subgroups per matrix and 8-bit activations and embeddings. Searched rows start from "
+    "the teacher in their `teacher` column: the shared fp32 SST-2 teacher (../shared/models/minilm-l6-sst2, "
+    "dev 89.33; it was trained on the search-val rows too) or the held-out one (results/teachers/"
+    "minilm-l6-sst2-heldout, dev 89.45, never saw search-val); uniform rows start from the shared one. Searched rows: supernet search for 0.5 epoch over 16,000 "
     "train examples (architecture steps on the search-validation split, never dev), derive + repair, then "
     "retrain for 1 epoch over the same 16,000 examples; uniform rows: 1 epoch over the same 16,000 examples. "
     "So retraining budgets are equal and the searched rows spend 0.5 epoch more on the search.",
