@@ -113,6 +113,10 @@ class ExportedModel:
         from amqs.data.loaders import make_loader
 
         loader = make_loader(ds, self.tokenizer, max_length=self.max_length, batch_size=batch_size, shuffle=False)
+        return self.predict_loader(loader)
+
+    def predict_loader(self, loader) -> np.ndarray:
+        """Logits for the batches of an amqs.data loader (torch tensors, labels ignored)."""
         out = [self.run(b["input_ids"].numpy(), b["attention_mask"].numpy(), b["token_type_ids"].numpy())
                for b in loader]
         return np.concatenate(out) if out else np.zeros((0, int(self.meta["num_labels"])), np.float32)

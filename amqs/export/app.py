@@ -137,7 +137,7 @@ def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threa
     dev = load_glue(cfg.data)["dev"]
     loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False)
     torch_logits, labels = predict(student, loader)
-    ort_logits = torch.from_numpy(exported.predict_dataset(dev, batch_size=64))
+    ort_logits = torch.from_numpy(exported.predict_loader(loader))  # the same batches, tokenized once
     diff = (ort_logits - torch_logits).abs().amax(dim=-1)  # per example
     out: dict[str, Any] = {"dev_examples": len(labels), "max_logit_diff": float(diff.max()),
                            "median_logit_diff": float(diff.median())}

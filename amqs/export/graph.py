@@ -35,13 +35,18 @@ def _int8_zero_points(m: Matrix) -> np.ndarray:
     return (m.zero_point - 128 * (m.bits == 8)).astype(np.int8)
 
 
+def _int8_weight(g: GraphBuilder, m: Matrix) -> tuple[str, str, str]:
+    """The stored int8 codes ``[rows, cols]`` and their per-row zero points and scales."""
+    return (emit_int8_matrix(g, m.name, m.codes, m.bits),
+            emit_per_row(g, m.name + ".zero_point", _int8_zero_points(m), m.group),
+            emit_per_row(g, m.name + ".scale", m.scale, m.group))
+
+
 def _float_weight(g: GraphBuilder, m: Matrix) -> str:
     """An fp32 ``[rows, cols]`` tensor: the initializer itself, or dequantized packed codes."""
     if not m.quantized:
         return g.const(m.name + ".weight", m.weight.astype(np.float32))
-    codes = emit_int8_matrix(g, m.name, m.codes, m.bits)
-    zp = emit_per_row(g, m.name + ".zero_point", _int8_zero_points(m), m.group)
-    scale = emit_per_row(g, m.name + ".scale", m.scale, m.group)
+    codes, zp, scale = _int8_weight(g, m)
     shifted = g.op("Sub", [g.op("Cast", [codes], to=TensorProto.FLOAT),
                            g.op("Unsqueeze", [g.op("Cast", [zp], to=TensorProto.FLOAT),
                                               g.const("axis1", np.array([1], np.int64))])])
@@ -60,10 +65,8 @@ def linear(g: GraphBuilder, x: str, m: Matrix) -> str:
             lo, hi = ((q - a.zero_point) * a.scale for q in (a.qmin, a.qmax))
             x = g.op("Clip", [x, g.const("lo", np.array(lo, np.float32)), g.const("hi", np.array(hi, np.float32))])
         xq = g.op("QuantizeLinear", [x, a_scale, a_zp], m.name + ".in_q")
-        codes = emit_int8_matrix(g, m.name, m.codes, m.bits)
+        codes, b_zp, b_scale = _int8_weight(g, m)
         b = g.op("Transpose", [codes], perm=[1, 0])
-        b_zp = emit_per_row(g, m.name + ".zero_point", _int8_zero_points(m), m.group)
-        b_scale = emit_per_row(g, m.name + ".scale", m.scale, m.group)
         inputs = [xq, b, a_scale, b_scale, a_zp, b_zp] + ([bias] if bias else [])
         return g.op("MatMulIntegerToFloat", inputs, m.name, domain=MS_DOMAIN)
     wt = (g.op("Transpose", [_float_weight(g, m)], perm=[1, 0]) if m.quantized
