@@ -10,4 +10,9 @@ BUDGET="teacher=shared_sst2 data.max_train_examples=16000 search.epochs=0.5 trai
 for b in ${BUDGETS:-c16_2 c13 c10_8}; do
   amqs-search budget=$b $BUDGET
 done
+# The ternary space (search_spaces/ternary.yaml: removable heads / FFN blocks, TWN 2-bit) with hidden-state
+# distillation, TernaryBERT's quantizer and loss, at TernaryBERT's size.
+for b in ${TERNARY_BUDGETS:-c16_2}; do
+  amqs-search search.space=ternary distill=hidden budget=$b $BUDGET
+done
 python -m amqs.report.search results

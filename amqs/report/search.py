@@ -19,7 +19,11 @@ from amqs.report.tables import to_markdown
 
 NOTES = (
     "SST-2 dev, default model (MiniLM-L6). Spaces: `default` = {prune, 2, 4, 8} bits, `aqbert` = {prune, 2, 4} "
-    "bits, both with 128 subgroups per matrix and 8-bit activations and embeddings. Searched rows start from "
+    "bits, both with 128 subgroups per matrix; `ternary` = Q/K/V per attention head (tied, removable), FFN "
+    "blocks of 16 neurons (removable), residual-stream outputs at {2, 4, 8} in 128 subgroups, TWN ternary at 2 "
+    "bits (symmetric at 4/8); all with 8-bit activations and embeddings. `distill` = the weights' loss in search "
+    "and retrain: `logits` = CE + logit distillation, `hidden` = that + MSE of every hidden state "
+    "(TernaryBERT's). Searched rows start from "
     "the teacher in their `teacher` column: the shared fp32 SST-2 teacher (../shared/models/minilm-l6-sst2, "
     "dev 89.33; it was trained on the search-val rows too) or the held-out one (results/teachers/"
     "minilm-l6-sst2-heldout, dev 89.45, never saw search-val); uniform rows start from the shared one. Searched rows: supernet search for 0.5 epoch over 16,000 "

@@ -21,9 +21,10 @@ from omegaconf import DictConfig
 from amqs.config import CONF_DIR, register_configs
 from amqs.outer.study import run_study
 from amqs.search.run import run_search
+from amqs.train.distill import distill_label
 from amqs.utils.run import command_line, upsert_csv
 
-SEARCH_COLUMNS = ("task", "space", "teacher", "budget_compression", "encoder_bytes", "compression", "avg_bits",
+SEARCH_COLUMNS = ("task", "space", "distill", "teacher", "budget_compression", "encoder_bytes", "compression", "avg_bits",
                   "pruned_fraction", "dev_accuracy", "dev_f1", "train_examples", "epochs", "seconds", "command")
 
 
@@ -37,9 +38,9 @@ def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
     row = {**{k: m[k] for k in SEARCH_COLUMNS if k in m},
            "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
            "epochs": f"search {m['search_epochs']} + retrain {m['retrain_epochs']}",
-           "teacher": cfg.teacher.source}
+           "teacher": cfg.teacher.source, "distill": distill_label(cfg.distill)}
     upsert_csv(Path(cfg.paths.results_dir) / "search.csv", row,
-               key=("task", "space", "teacher", "budget_compression"), columns=SEARCH_COLUMNS)
+               key=("task", "space", "distill", "teacher", "budget_compression"), columns=SEARCH_COLUMNS)
     return m
 
 

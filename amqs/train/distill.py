@@ -18,6 +18,18 @@ from torch import nn
 from amqs.config import DistillConfig
 
 
+def distill_label(cfg: DistillConfig) -> str:
+    """The loss in one word, for results tables: ``hidden`` (hidden states + logits), ``logits`` or ``none``.
+
+    Example:
+        >>> distill_label(DistillConfig(kd_weight=1.0, hidden_weight=1.0)), distill_label(DistillConfig(kd_weight=0.0))
+        ('hidden', 'none')
+    """
+    if cfg.hidden_weight:
+        return "hidden"
+    return "logits" if cfg.kd_weight else "none"
+
+
 class DistillLoss:
     """A ``loss_fn(student, batch)`` for :func:`amqs.train.fit`; the teacher stays frozen in eval mode."""
 

@@ -35,7 +35,7 @@ def test_search_derive_retrain_end_to_end(search_cfg: DictConfig, tmp_path: Path
     assert log[0]["tau"] > log[-1]["tau"]  # annealed
     assert (out / "retrain" / "metrics.json").exists() and not (out / "checkpoint").exists()
     rows = list(csv.DictReader((tmp_path / "search.csv").open()))
-    assert rows[0]["space"] == "default" and float(rows[0]["budget_compression"]) == pytest.approx(13.0)
+    assert rows[0]["space"] == "default" and rows[0]["distill"] == "logits" and float(rows[0]["budget_compression"]) == pytest.approx(13.0)
     assert search_app(search_cfg) == metrics  # a finished run is reused
 
 

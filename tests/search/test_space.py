@@ -51,6 +51,19 @@ def test_spaces_apply_to_tiny_bert() -> None:
     assert len(arch_groups(model)) == 2 * 4  # per layer: tied QKV, FFN, 2 residual outputs
 
 
+def test_ternary_space_is_structured_layout_with_twn() -> None:
+    """search_spaces/ternary.yaml: the structured layout (removable heads / FFN blocks) with TWN 2-bit."""
+    st, tern = load_space("structured"), load_space("ternary")
+    assert tern.scheme == "twn" and st.scheme == "minmax"
+    assert tern.groups == st.groups and tern.choices == st.choices
+    model = tiny_bert()
+    assert [(sm.name, sm.num_subgroups, sm.choices, sm.tie_key) for sm in tern.plan(model)] == \
+        [(sm.name, sm.num_subgroups, sm.choices, sm.tie_key) for sm in st.plan(model)]
+    names = build_supernet(model, tern)
+    mods = dict(model.named_modules())
+    assert names and {mods[n].scheme for n in names} == {"twn"}
+
+
 def test_spaces_apply_to_minilm_geometry() -> None:
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**MINILM))
