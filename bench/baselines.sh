@@ -9,6 +9,7 @@ BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_
 for q in fp32 w8a8 w4a8 w2a8; do
   amqs-qat quant=$q $BUDGET
 done
-python -m amqs.report.tables results/baselines.csv --title "Uniform quantization baselines" \
+python -m amqs.report.tables results/baselines.csv --out results/baselines.md --title "Uniform quantization baselines" \
+  --where task=sst2 --where method=fp32,w8a8,w4a8,w2a8 \
   --note "SST-2 dev, default model (MiniLM-L6). Every row starts from the shared fp32 SST-2 teacher (../shared/models/minilm-l6-sst2, dev 89.33) and trains with the same budget: 1 epoch over the same 16,000 examples of the train split (search-validation held out), batch 32, lr 2e-5, CE + logit distillation. Weights: asymmetric min-max per subgroup (128 per matrix, STE); activations: 8-bit EMA ranges; embeddings: 8-bit. encoder_bytes counts the Transformer layers (weights, quantization parameters, biases, LayerNorms, activation ranges), total_bytes adds embeddings, pooler and classifier; compression = fp32 encoder bytes / encoder bytes." \
-  --note "Regenerate: bash bench/baselines.sh"
+  --note "Regenerate: bash bench/baselines.sh. The literature recipes' rows of baselines.csv: results/recipes.md (bash bench/recipes.sh)."

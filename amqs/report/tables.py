@@ -48,9 +48,26 @@ def to_markdown(df: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_csv(csv_path: Path, md_path: Path | None = None, title: str = "", notes: Sequence[str] = ()) -> Path:
-    """Write ``<csv>.md`` (or ``md_path``) next to a results CSV; returns its path."""
-    df = pd.read_csv(csv_path)
+def select_rows(df: pd.DataFrame, where: Sequence[str]) -> pd.DataFrame:
+    """Keep the rows matching every ``COLUMN=VALUE[,VALUE...]`` filter (values compared as text).
+
+    Example:
+        >>> df = pd.DataFrame({"task": ["sst2", "sst2", "mrpc"], "method": ["fp32", "q8bert", "fp32"]})
+        >>> select_rows(df, ["task=sst2", "method=fp32,w8a8"])["method"].tolist()
+        ['fp32']
+    """
+    for cond in where:
+        col, sep, values = cond.partition("=")
+        if not sep or col not in df.columns:
+            raise ValueError(f"--where {cond!r}: expected COLUMN=VALUE[,VALUE...] with COLUMN one of {list(df.columns)}")
+        df = df[df[col].astype(str).isin(values.split(","))]
+    return df
+
+
+def render_csv(csv_path: Path, md_path: Path | None = None, title: str = "", notes: Sequence[str] = (),
+               where: Sequence[str] = ()) -> Path:
+    """Write ``<csv>.md`` (or ``md_path``) next to a results CSV, optionally only some rows; returns its path."""
+    df = select_rows(pd.read_csv(csv_path), where)
     md_path = md_path or csv_path.with_suffix(".md")
     md_path.write_text(to_markdown(df, title or csv_path.stem, notes))
     return md_path
@@ -62,8 +79,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--title", default="")
     p.add_argument("--note", action="append", default=[], help="a paragraph above the table (repeatable)")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=V1,V2",
+                   help="only rows whose COLUMN is one of the values (repeatable: all must hold)")
     args = p.parse_args(argv)
-    print(render_csv(args.csv, args.out, args.title, args.note))
+    print(render_csv(args.csv, args.out, args.title, args.note, args.where))
 
 
 if __name__ == "__main__":

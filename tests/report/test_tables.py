@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from amqs.report.tables import render_csv, to_markdown
+import pytest
+
+from amqs.report.tables import main, render_csv, to_markdown
 
 
 def test_markdown_formats_percentages_bytes_and_commands(tmp_path: Path) -> None:
@@ -17,3 +19,15 @@ def test_markdown_formats_percentages_bytes_and_commands(tmp_path: Path) -> None
     csv = tmp_path / "t.csv"
     df.to_csv(csv, index=False)
     assert render_csv(csv).read_text() == to_markdown(pd.read_csv(csv), "t")
+
+
+def test_where_selects_rows_and_rejects_unknown_columns(tmp_path: Path) -> None:
+    csv = tmp_path / "baselines.csv"
+    pd.DataFrame({"task": ["sst2", "sst2", "mrpc"], "method": ["w8a8", "q8bert", "w8a8"],
+                  "dev_accuracy": [0.9, 0.8, 0.7]}).to_csv(csv, index=False)
+    out = tmp_path / "uniform.md"
+    main([str(csv), "--out", str(out), "--where", "task=sst2", "--where", "method=w8a8,w4a8"])
+    md = out.read_text()
+    assert "| sst2 | w8a8 | 90.00 |" in md and "q8bert" not in md and "mrpc" not in md
+    with pytest.raises(ValueError, match="COLUMN=VALUE"):
+        main([str(csv), "--where", "bits=8"])
