@@ -213,6 +213,9 @@ class QatConfig(QatRunConfig):
     mixed: Optional[MixedConfig] = None  # set: Q-BERT per-layer bits from sensitivity (needs budget)
     budget: Optional[BudgetConfig] = None  # the encoder size budget of ``mixed``
     staged: Optional[StagedConfig] = None  # set: train in stages (progressive, BinaryBERT)
+    # set: train this bit-assignment file (bits.json of amqs-search, or any BitAssignment) instead of quant's
+    # uniform bits; quant's activation settings apply, quant.name names the method. Hashed by content.
+    assignment: Optional[str] = None
 
 
 @dataclass

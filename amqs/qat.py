@@ -4,6 +4,7 @@
     amqs-qat quant=w2a8 data.max_train_examples=12800
     amqs-qat debug=smoke quant=w4a8                  # tiny model, seconds
     amqs-qat recipe=qbert teacher=shared_sst2        # a literature recipe (conf/recipe/, docs/recipes.md)
+    amqs-qat assignment=results/runs/sst2-default-compression13.0/bits.json quant.name=my-bits   # given bits
 
 Writes ``results/runs/<name>/`` (bits.json, metrics.json, config.yaml, train_log.jsonl,
 student.pt) and upserts a row of ``results/baselines.csv`` (key: task, method).
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
+from amqs.quant.assignment import BitAssignment
 from amqs.train.qat import run_qat
 from amqs.train.staged import run_staged
 from amqs.utils.run import command_line, upsert_csv
@@ -28,9 +31,30 @@ BASELINE_COLUMNS = ("task", "method", "weight_bits", "act_bits", "emb_bits", "en
 
 def run(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
     """Train (or reuse) the run, in stages for a staged recipe; record it in results/baselines.csv."""
-    metrics = run_staged(cfg, command=command) if cfg.get("staged") is not None else run_qat(cfg, command=command)
+    if cfg.get("assignment"):
+        metrics = run_qat(cfg, load_assignment_file(cfg), command=command)
+    elif cfg.get("staged") is not None:
+        metrics = run_staged(cfg, command=command)
+    else:
+        metrics = run_qat(cfg, command=command)
     record(metrics, cfg.paths.results_dir)
     return metrics
+
+
+def load_assignment_file(cfg: DictConfig) -> BitAssignment:
+    """The ``assignment=`` file, after checking that nothing else sets the bits and that the run is named."""
+    path = Path(cfg.assignment)
+    others = [k for k in ("mixed", "staged", "init_from") if cfg.get(k)] + (["quant.tws"] if cfg.quant.tws else [])
+    if others:
+        raise ValueError(f"assignment={path} sets the bits itself; it does not combine with {', '.join(others)}")
+    presets = {yaml.safe_load(f.read_text()).get("name") for f in (CONF_DIR / "quant").glob("*.yaml")}
+    if cfg.quant.name in presets:
+        raise ValueError(f"assignment={path} needs its own method name: add quant.name=<method> (the run folder "
+                         f"results/runs/<task>-<method> and the row of baselines.csv); {cfg.quant.name!r} is the "
+                         "uniform preset's and would replace its row")
+    if not path.is_file():
+        raise FileNotFoundError(f"assignment={path}: no such file (amqs-search writes results/runs/<name>/bits.json)")
+    return BitAssignment.from_json(path)
 
 
 def record(metrics: dict[str, Any], results_dir: str | Path, **changes: Any) -> None:

@@ -6,7 +6,7 @@ BitAssignment format), :mod:`~amqs.quant.surgery` (applying it to a model) and
 :mod:`~amqs.quant.size` (exact storage accounting).
 """
 
-from amqs.quant.assignment import FORMAT_VERSION, BitAssignment, ModuleBits, uniform_assignment
+from amqs.quant.assignment import FORMAT_VERSION, BitAssignment, ModuleBits, shuffle_bits, uniform_assignment
 from amqs.quant.functions import (
     ALLOWED_BITS,
     SCHEMES,
@@ -69,6 +69,7 @@ __all__ = [
     "select_modules",
     "sqnr_db",
     "to_subgroups",
+    "shuffle_bits",
     "uniform_assignment",
     "weight_bits_of",
 ]

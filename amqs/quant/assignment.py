@@ -213,6 +213,32 @@ class BitAssignment:
         return replace(self, modules=modules, meta={**self.meta, **meta_updates})
 
 
+def shuffle_bits(assignment: BitAssignment, seed: int, kinds: Sequence[str] = ("linear",)) -> BitAssignment:
+    """A random control of ``assignment``: each module's bit-widths permuted among its own subgroups.
+
+    Every module keeps the same multiset of bit-widths, so sizes (per module and in total) are exactly
+    those of ``assignment``; only *which* subgroups get which bits is random. Modules of other ``kinds``
+    (embeddings by default) are kept. Ties between modules (a structured space's Q/K/V per head) are not
+    preserved: each module is permuted on its own.
+
+    Example:
+        >>> a = BitAssignment(modules={"fc": ModuleBits(4, (0, 2, 4, 8), 8, 3)})
+        >>> sorted(shuffle_bits(a, seed=0).modules["fc"].bits)
+        [0, 2, 4, 8]
+    """
+    import random
+
+    rng = random.Random(seed)
+    updates = {}
+    for name in sorted(assignment.modules):
+        mb = assignment.modules[name]
+        if mb.kind in kinds:
+            bits = list(mb.bits)
+            rng.shuffle(bits)
+            updates[name] = bits
+    return assignment.with_bits(updates, shuffled_from_seed=seed)
+
+
 def _subgroups_for(
     name: str, rows: int, num_subgroups: int | Mapping[str, int] | None, subgroup_size: int | None
 ) -> int:

@@ -259,7 +259,8 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
         "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source, "student_init": student_init,
         "init_from": cfg.get("init_from"),
         "weight_bits": _weight_bits(assignment, cfg.quant.weight_bits), "act_bits": cfg.quant.act_bits,
-        "emb_bits": cfg.quant.emb_bits, "scheme": cfg.quant.scheme, "replaced_modules": replaced,
+        "emb_bits": _emb_bits(assignment, cfg.quant.emb_bits),
+        "scheme": assignment.scheme if assignment is not None else cfg.quant.scheme, "replaced_modules": replaced,
         **({"unit_bits": dict(assignment.meta["unit_bits"])} if assignment and "unit_bits" in assignment.meta else {}),
         "encoder_bytes": size.encoder_bytes, "total_bytes": size.total_bytes,
         "fp32_encoder_bytes": fp32.fp32_encoder_bytes, "fp32_total_bytes": fp32.fp32_total_bytes,
@@ -290,6 +291,19 @@ def _weight_bits(assignment: Optional[BitAssignment], configured: int) -> float 
     if not bits:
         return configured
     return round(weight_bits_of(assignment)[1], 3)
+
+
+def _emb_bits(assignment: Optional[BitAssignment], configured: int) -> float | int:
+    """The embedding tables' bits: their common value, else the average per weight; 32 when none is quantized."""
+    if assignment is None:
+        return configured
+    emb = [m for m in assignment.modules.values() if m.kind == "embedding"]
+    if not emb:
+        return 32
+    bits = {b for m in emb for b in m.bits}
+    if len(bits) == 1:
+        return bits.pop()
+    return round(sum(m.weight_bits for m in emb) / sum(m.num_weights for m in emb), 3)
 
 
 def _mixed(cfg: DictConfig, teacher: nn.Module, assignment: BitAssignment, train_loader, out: Path) -> BitAssignment:

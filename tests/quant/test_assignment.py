@@ -163,3 +163,20 @@ def test_uniform_assignment_subgroup_options(model: BertForSequenceClassificatio
         uniform_assignment(model, num_subgroups={r".*query": 2})
     with pytest.raises(ValueError, match="matched no"):
         uniform_assignment(model, patterns=[r"bert\.encoder\.layer\.\d+\.nothing"])
+
+
+def test_shuffle_bits_is_a_same_size_random_control() -> None:
+    from amqs.quant import shuffle_bits
+    from amqs.quant.size import weight_bits_of
+
+    bits = tuple([0] * 40 + [2] * 30 + [4] * 20 + [8] * 38)
+    a = BitAssignment(modules={"bert.encoder.q": ModuleBits(128, bits, 384, 16),
+                               "bert.encoder.v": ModuleBits(128, bits[::-1], 384, 16),
+                               "emb": ModuleBits(2, (8, 4), 4, 16, "embedding")}, meta={"space": "default"})
+    s = shuffle_bits(a, seed=3)
+    for name in ("bert.encoder.q", "bert.encoder.v"):
+        assert sorted(s.modules[name].bits) == sorted(a.modules[name].bits) and s.modules[name].bits != a.modules[name].bits
+    assert s.modules["emb"] == a.modules["emb"]  # embeddings kept
+    assert weight_bits_of(s) == weight_bits_of(a)
+    assert s == shuffle_bits(a, seed=3) and s != shuffle_bits(a, seed=4)
+    assert s.meta["shuffled_from_seed"] == 3 and s.meta["space"] == "default"

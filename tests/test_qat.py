@@ -1,0 +1,51 @@
+"""amqs-qat's entry (amqs.qat): ``assignment=`` trains a given bit-assignment file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from amqs.finetune import run as finetune
+from amqs.qat import run as qat_app
+from amqs.quant import BitAssignment, shuffle_bits
+from amqs.search.app import run as search_app
+from tests.conftest import compose_cfg
+
+
+def _overrides(tmp_path: Path, glue_dir: Path) -> list[str]:
+    return ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}"]
+
+
+@pytest.mark.slow
+def test_given_assignment_reproduces_the_search_retrain(tmp_path: Path, glue_dir: Path) -> None:
+    """amqs-qat on a search's bits.json, with the search's retrain settings, is that retrain, bit for bit."""
+    ov = _overrides(tmp_path, glue_dir)
+    finetune(compose_cfg("finetune", ov))
+    searched = search_app(compose_cfg("search", ov + ["name=s"]), command="test")
+    bits = tmp_path / "runs" / "s" / "bits.json"
+    m = qat_app(compose_cfg("qat", ov + [f"assignment={bits}", "quant.name=given"]), command="test")
+    assert m["encoder_bytes"] == searched["encoder_bytes"] and m["dev_accuracy"] == searched["dev_accuracy"]
+    assert m["method"] == "given" and m["scheme"] == "minmax" and m["emb_bits"] == 8
+    ours = torch.load(tmp_path / "runs" / "sst2-given" / "student.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "runs" / "s" / "retrain" / "student.pt", weights_only=True)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert BitAssignment.from_json(tmp_path / "runs" / "sst2-given" / "bits.json") == BitAssignment.from_json(bits)
+    # A random control of the same sizes is a different run (the hash covers the file's content).
+    shuffled = tmp_path / "shuffled.json"
+    shuffle_bits(BitAssignment.from_json(bits), seed=0).to_json(shuffled)
+    c = qat_app(compose_cfg("qat", ov + [f"assignment={shuffled}", "quant.name=shuffled"]), command="test")
+    assert c["encoder_bytes"] == m["encoder_bytes"] and c["config_hash"] != m["config_hash"]
+    rows = (tmp_path / "baselines.csv").read_text()
+    assert ",given," in rows and ",shuffled," in rows and ",w8a8," not in rows
+
+
+def test_given_assignment_needs_a_method_name_and_a_file(tmp_path: Path, glue_dir: Path) -> None:
+    ov = _overrides(tmp_path, glue_dir)
+    with pytest.raises(ValueError, match="quant.name=<method>"):
+        qat_app(compose_cfg("qat", ov + ["assignment=bits.json"]))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        qat_app(compose_cfg("qat", ov + [f"assignment={tmp_path}/none.json", "quant.name=mine"]))
+    with pytest.raises(ValueError, match="does not combine with staged"):
+        qat_app(compose_cfg("qat", ov + ["recipe=progressive", "assignment=bits.json", "quant.name=mine"]))
