@@ -68,6 +68,23 @@ def test_reporter_stores_smoothed_values_and_prunes_a_multi_objective_trial() ->
         ProgressReporter(study, study.ask(), OuterPrunerConfig(metric="train_los"))(5, {"train_loss": 0.1})
 
 
+def test_reporter_judges_a_trial_only_while_its_architecture_meets_the_budget() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values, size in DONE:
+        _finished(study, values, size)
+    trial = study.ask()
+    report = ProgressReporter(study, trial, OuterPrunerConfig(window=2))
+    over = {"in_budget": 0.0, "argmax_bytes": 300.0, "target_bytes": 120.0}
+    report(5, {"train_loss": 0.1, **over})  # a larger model's low loss: not reported, not smoothed in
+    report(10, {"train_loss": 0.9, **over})  # would be pruned (0.9 > median 0.325), but it is over budget
+    assert intermediate_values(study.get_trials()[-1]) == {}
+    report(15, {"train_loss": 0.3, "in_budget": 1.0, "argmax_bytes": 121.0, "target_bytes": 120.0})
+    with pytest.raises(optuna.TrialPruned, match="step 20"):  # (0.3 + 0.5) / 2 = 0.4 > median 0.275
+        report(20, {"train_loss": 0.5, "in_budget": 0.0, "argmax_bytes": 90.0, "target_bytes": 120.0})
+    assert intermediate_values(study.get_trials()[-1]) == {15: 0.3, 20: 0.4}
+    assert study.get_trials()[-1].user_attrs[SIZE_ATTR] == 120.0
+
+
 def test_single_objective_uses_optunas_pruner_on_the_loss() -> None:
     # Maximised accuracy: the reported loss is negated so Optuna's median pruner reads it the right way.
     study = optuna.create_study(direction="maximize", pruner=make_pruner(OuterPrunerConfig(name="median",

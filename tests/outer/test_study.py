@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from amqs.finetune import run as finetune
-from amqs.outer.pruning import INTERMEDIATE_ATTR
+from amqs.outer.pruning import INTERMEDIATE_ATTR, meets_budget
 from amqs.outer.study import make_storage, run_study
 from amqs.report.app import main as report_main
 from amqs.search.app import run as search_app
@@ -53,7 +54,9 @@ def test_smoke_study_end_to_end_then_report(overrides: list[str], tmp_path: Path
         assert t.values[0] == t.user_attrs["search_val_accuracy"] and t.user_attrs["dev_accuracy"] is not None
         assert t.values[1] == t.user_attrs["encoder_bytes"]
         assert (folder / t.user_attrs["run_dir"] / "metrics.json").exists()
-        assert t.user_attrs[INTERMEDIATE_ATTR][0][0] == 2  # reported from the search's first log point
+        # Reported at exactly the search's log points where the derived architecture met the budget.
+        log = [json.loads(line) for line in (folder / t.user_attrs["run_dir"] / "search_log.jsonl").open()]
+        assert [s for s, _ in t.user_attrs.get(INTERMEDIATE_ATTR, [])] == [r["step"] for r in log if meets_budget(r)]
     # The teacher was resolved once and pinned, so moving paths.results_dir per trial cannot lose it.
     trial_cfg = OmegaConf.load(folder / "runs" / "trial_0000" / "config.yaml")
     assert trial_cfg.teacher.source == str((tmp_path / "teachers" / "bert-tiny-sst2" / "model").resolve())
