@@ -44,14 +44,15 @@ def run(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
 def load_assignment_file(cfg: DictConfig) -> BitAssignment:
     """The ``assignment=`` file, after checking that nothing else sets the bits and that the run is named."""
     path = Path(cfg.assignment)
-    others = [k for k in ("mixed", "staged", "init_from") if cfg.get(k)] + (["quant.tws"] if cfg.quant.tws else [])
+    others = [k for k in ("mixed", "staged", "init_from", "budget") if cfg.get(k)] + (["quant.tws"] if cfg.quant.tws else [])
     if others:
         raise ValueError(f"assignment={path} sets the bits itself; it does not combine with {', '.join(others)}")
     presets = {yaml.safe_load(f.read_text()).get("name") for f in (CONF_DIR / "quant").glob("*.yaml")}
+    presets |= {f.stem for f in (CONF_DIR / "recipe").glob("*.yaml")}
     if cfg.quant.name in presets:
         raise ValueError(f"assignment={path} needs its own method name: add quant.name=<method> (the run folder "
                          f"results/runs/<task>-<method> and the row of baselines.csv); {cfg.quant.name!r} is the "
-                         "uniform preset's and would replace its row")
+                         "name of a preset or recipe and would replace its row")
     if not path.is_file():
         raise FileNotFoundError(f"assignment={path}: no such file (amqs-search writes results/runs/<name>/bits.json)")
     return BitAssignment.from_json(path)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -213,13 +213,15 @@ class BitAssignment:
         return replace(self, modules=modules, meta={**self.meta, **meta_updates})
 
 
-def shuffle_bits(assignment: BitAssignment, seed: int, kinds: Sequence[str] = ("linear",)) -> BitAssignment:
+def shuffle_bits(assignment: BitAssignment, seed: int, kinds: Sequence[str] = ("linear",),
+                 tie_key: Callable[[str], str] | None = None) -> BitAssignment:
     """A random control of ``assignment``: each module's bit-widths permuted among its own subgroups.
 
     Every module keeps the same multiset of bit-widths, so sizes (per module and in total) are exactly
     those of ``assignment``; only *which* subgroups get which bits is random. Modules of other ``kinds``
-    (embeddings by default) are kept. Ties between modules (a structured space's Q/K/V per head) are not
-    preserved: each module is permuted on its own.
+    (embeddings by default) are kept. Modules with the same ``tie_key(name)`` (a structured space's Q/K/V
+    of one layer, :meth:`amqs.search.space.SearchSpace.tie_key`) share one permutation, so a pruned head
+    stays pruned in all three and stays removable.
 
     Example:
         >>> a = BitAssignment(modules={"fc": ModuleBits(4, (0, 2, 4, 8), 8, 3)})
@@ -229,13 +231,19 @@ def shuffle_bits(assignment: BitAssignment, seed: int, kinds: Sequence[str] = ("
     import random
 
     rng = random.Random(seed)
+    perms: dict[str, list[int]] = {}
     updates = {}
     for name in sorted(assignment.modules):
         mb = assignment.modules[name]
-        if mb.kind in kinds:
-            bits = list(mb.bits)
-            rng.shuffle(bits)
-            updates[name] = bits
+        if mb.kind not in kinds:
+            continue
+        key = tie_key(name) if tie_key else name
+        perm = perms.get(key)
+        if perm is None:
+            perm = perms[key] = rng.sample(range(mb.num_subgroups), mb.num_subgroups)
+        elif len(perm) != mb.num_subgroups:
+            raise ValueError(f"{name}: tied to a module with {len(perm)} subgroups, has {mb.num_subgroups}")
+        updates[name] = [mb.bits[i] for i in perm]
     return assignment.with_bits(updates, shuffled_from_seed=seed)
 
 

@@ -164,7 +164,7 @@ def render_markdown(study: optuna.Study, df: pd.DataFrame, info: dict, chosen: O
                          "duration_s", "is_pareto"] if c in df.columns]
     parts.append(to_markdown(df[every].astype(object), "All trials"))
     if not baselines.empty:
-        parts.append(to_markdown(baselines, "Uniform baselines (results/baselines.csv, same task and model)",
+        parts.append(to_markdown(baselines, "Uniform baselines and literature recipes (results/baselines.csv, same task and model)",
                                  ["Dev accuracy after their own training budget (see the commands)."]))
     return "\n".join(parts)
 

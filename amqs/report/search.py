@@ -44,7 +44,7 @@ def render(results: Path) -> Path:
     if base_path.exists():
         base = pd.read_csv(base_path)
         base = base[base["task"].isin(search["task"].unique())]
-        parts.append(to_markdown(base, "Uniform baselines (same data and retraining budget)"))
+        parts.append(to_markdown(base, "Uniform baselines and literature recipes (baselines.csv, same task)"))
     step_path = results / "search_step.json"
     if step_path.exists():
         st = json.loads(step_path.read_text())

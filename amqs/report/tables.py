@@ -55,12 +55,24 @@ def select_rows(df: pd.DataFrame, where: Sequence[str]) -> pd.DataFrame:
         >>> df = pd.DataFrame({"task": ["sst2", "sst2", "mrpc"], "method": ["fp32", "q8bert", "fp32"]})
         >>> select_rows(df, ["task=sst2", "method=fp32,w8a8"])["method"].tolist()
         ['fp32']
+        >>> select_rows(pd.DataFrame({"bits": [8.0, 4.0]}), ["bits=8"])["bits"].tolist()
+        [8.0]
     """
     for cond in where:
         col, sep, values = cond.partition("=")
         if not sep or col not in df.columns:
             raise ValueError(f"--where {cond!r}: expected COLUMN=VALUE[,VALUE...] with COLUMN one of {list(df.columns)}")
-        df = df[df[col].astype(str).isin(values.split(","))]
+        wanted = values.split(",")
+        if pd.api.types.is_numeric_dtype(df[col]):  # 8 matches 8.0
+            try:
+                keep = df[col].isin([float(v) for v in wanted])
+            except ValueError:
+                raise ValueError(f"--where {cond!r}: {col} is numeric") from None
+        else:
+            keep = df[col].astype(str).isin(wanted)
+        if not keep.any():
+            raise ValueError(f"--where {cond!r} keeps no row; {col} has {sorted(map(str, df[col].unique()))}")
+        df = df[keep]
     return df
 
 

@@ -179,6 +179,23 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
                          meta=meta)
 
 
+def retrain_assignment(cfg: DictConfig, assignment: BitAssignment, folder: str, method: str,
+                       command: str = "") -> dict[str, Any]:
+    """QAT of ``assignment`` with the search's own retrain settings, in ``results/runs/<cfg.name>/<folder>``.
+
+    The search's retrain, and any control of it (amqs.search.control), go through here, so they train with
+    the same teacher, data, loss, activation settings, epochs and start (``reinit``: the pretrained encoder).
+    ``method`` is the name its metrics carry.
+    """
+    retrain_cfg = cfg.copy()
+    OmegaConf.set_struct(retrain_cfg, False)
+    retrain_cfg.name = f"{cfg.name}/{folder}"
+    retrain_cfg.quant.name = method
+    retrain_cfg.overwrite = False
+    init = cfg.model.source if cfg.reinit else None
+    return run_qat(retrain_cfg, assignment, command=command, student_init=init)
+
+
 def pruned_fraction(assignment: BitAssignment) -> float:
     """Fraction of searched (linear) weights whose subgroup is pruned."""
     lin = [m for m in assignment.modules.values() if m.kind == "linear"]
@@ -221,13 +238,7 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
         return {}  # the retrain (a plain QAT run) is single-process: rank 0 does it
     save_config(cfg, out / "config.yaml")
     # The retrain is a plain QAT run of the fixed assignment, in its own folder.
-    retrain_cfg = cfg.copy()
-    OmegaConf.set_struct(retrain_cfg, False)
-    retrain_cfg.name = f"{cfg.name}/retrain"
-    retrain_cfg.quant.name = f"search-{cfg.search.space}"  # the method name its metrics carry
-    retrain_cfg.overwrite = False
-    init = cfg.model.source if cfg.reinit else None
-    retrain = run_qat(retrain_cfg, assignment, command=command, student_init=init)
+    retrain = retrain_assignment(cfg, assignment, "retrain", f"search-{cfg.search.space}", command=command)
     total_bits, avg_bits = weight_bits_of(assignment)
     meta = assignment.meta
     metrics = {

@@ -151,6 +151,21 @@ class SearchSpace:
     version: int = SPACE_VERSION
     source: str = "<dict>"  # file it came from, for error messages
 
+    def tie_key(self, name: str) -> str:
+        """The tie key of a module name, without a model: modules with equal keys share their logits.
+
+        Example:
+            >>> st = load_space("structured")
+            >>> st.tie_key("bert.encoder.layer.2.attention.self.key")
+            'bert.encoder.layer.2.attention.self.*'
+            >>> st.tie_key("bert.encoder.layer.2.output.dense")
+            'bert.encoder.layer.2.output.dense'
+        """
+        for i, g in enumerate(self.groups):
+            if any(re.fullmatch(p, name) for p in g.modules):
+                return _tie_key(name, g.tie, f"{self.source}: groups[{i}] ({g.name})")
+        return name
+
     def plan(self, model: nn.Module) -> list[SearchedModule]:
         """Resolve the groups against ``model``'s ``nn.Linear`` modules (model order).
 

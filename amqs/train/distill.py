@@ -18,16 +18,24 @@ from torch import nn
 from amqs.config import DistillConfig
 
 
+_LABELS = {"hidden": (1.0, 1.0, 1.0, 1.0), "logits": (1.0, 1.0, 1.0, 0.0), "none": (1.0, 0.0, 1.0, 0.0)}
+
+
 def distill_label(cfg: DistillConfig) -> str:
-    """The loss in one word, for results tables: ``hidden`` (hidden states + logits), ``logits`` or ``none``.
+    """The loss in one word for results tables: the conf/distill preset it equals (``hidden``, ``logits``,
+    ``none``), else its weights spelled out, so two different losses never share a label.
 
     Example:
         >>> distill_label(DistillConfig(kd_weight=1.0, hidden_weight=1.0)), distill_label(DistillConfig(kd_weight=0.0))
         ('hidden', 'none')
+        >>> distill_label(DistillConfig(ce_weight=0.0, kd_weight=1.0, temperature=2.0, hidden_weight=1.0))
+        'ce0-kd1-t2-hidden1'
     """
-    if cfg.hidden_weight:
-        return "hidden"
-    return "logits" if cfg.kd_weight else "none"
+    weights = (cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.hidden_weight)
+    for label, preset in _LABELS.items():
+        if tuple(map(float, weights)) == preset:
+            return label
+    return "ce{:g}-kd{:g}-t{:g}-hidden{:g}".format(*weights)
 
 
 class DistillLoss:

@@ -258,7 +258,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     metrics = {
         "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source, "student_init": student_init,
         "init_from": cfg.get("init_from"),
-        "weight_bits": _weight_bits(assignment, cfg.quant.weight_bits), "act_bits": cfg.quant.act_bits,
+        "weight_bits": _weight_bits(assignment, cfg.quant.weight_bits), "act_bits": assignment.act_bits if assignment is not None else cfg.quant.act_bits,
         "emb_bits": _emb_bits(assignment, cfg.quant.emb_bits),
         "scheme": assignment.scheme if assignment is not None else cfg.quant.scheme, "replaced_modules": replaced,
         **({"unit_bits": dict(assignment.meta["unit_bits"])} if assignment and "unit_bits" in assignment.meta else {}),

@@ -31,3 +31,7 @@ def test_where_selects_rows_and_rejects_unknown_columns(tmp_path: Path) -> None:
     assert "| sst2 | w8a8 | 90.00 |" in md and "q8bert" not in md and "mrpc" not in md
     with pytest.raises(ValueError, match="COLUMN=VALUE"):
         main([str(csv), "--where", "bits=8"])
+    with pytest.raises(ValueError, match="keeps no row"):
+        main([str(csv), "--where", "method=w2a8"])
+    main([str(csv), "--out", str(out), "--where", "dev_accuracy=0.7"])  # numeric: 0.7 == 0.70
+    assert "mrpc" in out.read_text() and "sst2" not in out.read_text()
