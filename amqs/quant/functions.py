@@ -164,7 +164,8 @@ def choose_qparams_symmetric(wg: Tensor, bits: Tensor, eps: float = EPS) -> Tens
     w = wg.detach().abs()
     b = torch.as_tensor(bits, device=w.device)
     _, qmax = qrange(b, symmetric=True)
-    return torch.where(b == 1, w.mean(dim=1), w.amax(dim=1) / qmax).clamp_min(eps)
+    mean = w.double().mean(dim=1).to(w.dtype)  # float64: order-independent (see choose_qparams_ternary_twn)
+    return torch.where(b == 1, mean, w.amax(dim=1) / qmax).clamp_min(eps)
 
 
 def choose_qparams_ternary_twn(wg: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,10 +178,14 @@ def choose_qparams_ternary_twn(wg: Tensor) -> tuple[Tensor, Tensor]:
         >>> choose_qparams_ternary_twn(torch.tensor([[1.0, -1.0, 0.1, 0.0]]))
         (tensor([0.3675]), tensor([1.]))
     """
+    # Means in float64, then rounded once: a float32 mean over a whole matrix depends on the summation order
+    # (thread count, memory layout), and a weight within one ulp of the threshold then flips between two
+    # computations of the same model (seen once in 590k weights of TernaryBERT's FFN: training vs export).
     a = wg.detach().abs()
-    threshold = 0.7 * a.mean(dim=1)
+    a64 = a.double()
+    threshold = (0.7 * a64.mean(dim=1)).to(a.dtype)
     mask = a > threshold[:, None]
-    alpha = (a * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+    alpha = ((a64 * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)).to(a.dtype)
     return threshold, alpha
 
 
@@ -288,7 +293,7 @@ def lsq_fake_quantize(
 
 def _binarize(w: Tensor) -> Tensor:
     """Binary levels ``sign(w) * mean|w|`` per subgroup (sign(0) := +1)."""
-    scale = w.abs().mean(dim=1, keepdim=True)
+    scale = w.abs().double().mean(dim=1, keepdim=True).to(w.dtype)  # float64: order-independent (see TWN)
     return torch.where(w >= 0, scale, -scale)
 
 

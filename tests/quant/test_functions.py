@@ -224,3 +224,20 @@ def test_dtype_preserved() -> None:
     wg = _weights().to(torch.bfloat16)
     for scheme in ("minmax", "symmetric", "twn", "lsq"):
         assert _quant(wg, torch.tensor([8, 4, 2, 1, 0, 32, 8, 8]), scheme).dtype == torch.bfloat16
+
+
+def test_twn_threshold_does_not_depend_on_the_summation_order() -> None:
+    """A whole-matrix TWN threshold (TernaryBERT: one subgroup of ~590k weights) is computed in float64:
+    in float32 its value depended on the memory order, and a weight within an ulp of it flipped between
+    training and export."""
+    from amqs.quant.functions import choose_qparams_ternary_twn
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 589_824, generator=g) * 0.05
+    ref_t, ref_a = choose_qparams_ternary_twn(w)
+    exact = 0.7 * w.double().abs().mean()
+    assert abs(float(ref_t) - float(exact)) <= 1e-7 * float(exact)
+    for seed in range(4):
+        perm = torch.randperm(w.shape[1], generator=torch.Generator().manual_seed(seed))
+        t, a = choose_qparams_ternary_twn(w[:, perm])
+        assert torch.equal(t, ref_t) and torch.equal(a, ref_a)
