@@ -51,12 +51,17 @@ def _finished(study: optuna.Study, values: dict[int, float], size: float) -> Non
                                  user_attrs={INTERMEDIATE_ATTR: [[s, v] for s, v in values.items()], SIZE_ATTR: size}))
 
 
-def test_reporter_stores_smoothed_values_and_prunes_a_multi_objective_trial() -> None:
+def _two_objective_study_after(done):
+    """A (accuracy, size) study with the ``done`` trials finished, a new trial and its reporter (window 2)."""
     study = optuna.create_study(directions=["maximize", "minimize"])
-    for values, size in DONE:
+    for values, size in done:
         _finished(study, values, size)
     trial = study.ask()
-    report = ProgressReporter(study, trial, OuterPrunerConfig(window=2))
+    return study, trial, ProgressReporter(study, trial, OuterPrunerConfig(window=2))
+
+
+def test_reporter_stores_smoothed_values_and_prunes_a_multi_objective_trial() -> None:
+    study, trial, report = _two_objective_study_after(DONE)
     report(5, {"train_loss": 0.6, "target_bytes": 120.0})  # nobody else reported step 5
     with pytest.raises(optuna.TrialPruned, match="step 10"):
         report(10, {"train_loss": 0.4, "target_bytes": 120.0})  # mean of the last 2: 0.5 > median 0.325
@@ -69,11 +74,7 @@ def test_reporter_stores_smoothed_values_and_prunes_a_multi_objective_trial() ->
 
 
 def test_reporter_judges_a_trial_only_while_its_architecture_meets_the_budget() -> None:
-    study = optuna.create_study(directions=["maximize", "minimize"])
-    for values, size in DONE:
-        _finished(study, values, size)
-    trial = study.ask()
-    report = ProgressReporter(study, trial, OuterPrunerConfig(window=2))
+    study, trial, report = _two_objective_study_after(DONE)
     over = {"in_budget": 0.0, "argmax_bytes": 300.0, "target_bytes": 120.0}
     report(5, {"train_loss": 0.1, **over})  # a larger model's low loss: not reported, not smoothed in
     report(10, {"train_loss": 0.9, **over})  # would be pruned (0.9 > median 0.325), but it is over budget
