@@ -161,10 +161,15 @@ class SearchSpace:
             >>> st.tie_key("bert.encoder.layer.2.output.dense")
             'bert.encoder.layer.2.output.dense'
         """
-        for i, g in enumerate(self.groups):
-            if any(re.fullmatch(p, name) for p in g.modules):
-                return _tie_key(name, g.tie, f"{self.source}: groups[{i}] ({g.name})")
-        return name
+        i = self.group_index(name)
+        if i is None:
+            return name
+        g = self.groups[i]
+        return _tie_key(name, g.tie, f"{self.source}: groups[{i}] ({g.name})")
+
+    def group_index(self, name: str) -> int | None:
+        """Index of the first group with a pattern that fullmatches ``name`` (None: not searched)."""
+        return next((i for i, g in enumerate(self.groups) if any(re.fullmatch(p, name) for p in g.modules)), None)
 
     def plan(self, model: nn.Module) -> list[SearchedModule]:
         """Resolve the groups against ``model``'s ``nn.Linear`` modules (model order).
@@ -178,16 +183,15 @@ class SearchSpace:
         """
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         head_dim = _head_dim(model)
-        compiled = [[re.compile(p) for p in g.modules] for g in self.groups]
-        for i, (g, pats) in enumerate(zip(self.groups, compiled)):
-            for p in pats:
-                if not any(p.fullmatch(n) for n, _ in linears):
-                    raise SpaceError(f"{self.source}: groups[{i}] ({g.name}).modules: pattern r'{p.pattern}' "
+        for i, g in enumerate(self.groups):
+            for p in g.modules:
+                if not any(re.fullmatch(p, n) for n, _ in linears):
+                    raise SpaceError(f"{self.source}: groups[{i}] ({g.name}).modules: pattern r'{p}' "
                                      f"matches no nn.Linear of {type(model).__name__}")
         plan: list[SearchedModule] = []
         claimed = [0] * len(self.groups)
         for name, module in linears:
-            i = next((i for i, pats in enumerate(compiled) if any(p.fullmatch(name) for p in pats)), None)
+            i = self.group_index(name)
             if i is None:
                 continue
             g, where = self.groups[i], f"{self.source}: groups[{i}] ({self.groups[i].name})"

@@ -11,14 +11,14 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
-from amqs.config import DistillConfig
-
-
-_LABELS = {"hidden": (1.0, 1.0, 1.0, 1.0), "logits": (1.0, 1.0, 1.0, 0.0), "none": (1.0, 0.0, 1.0, 0.0)}
+from amqs.config import CONF_DIR, DistillConfig
 
 
 def distill_label(cfg: DistillConfig) -> str:
@@ -31,10 +31,12 @@ def distill_label(cfg: DistillConfig) -> str:
         >>> distill_label(DistillConfig(ce_weight=0.0, kd_weight=1.0, temperature=2.0, hidden_weight=1.0))
         'ce0-kd1-t2-hidden1'
     """
-    weights = (cfg.ce_weight, cfg.kd_weight, cfg.temperature, cfg.hidden_weight)
-    for label, preset in _LABELS.items():
-        if tuple(map(float, weights)) == preset:
-            return label
+    keys = ("ce_weight", "kd_weight", "temperature", "hidden_weight")
+    weights = tuple(float(getattr(cfg, k)) for k in keys)
+    for preset in sorted((CONF_DIR / "distill").glob("*.yaml")):
+        values = {**asdict(DistillConfig()), **(yaml.safe_load(preset.read_text()) or {})}
+        if tuple(float(values[k]) for k in keys) == weights:
+            return preset.stem
     return "ce{:g}-kd{:g}-t{:g}-hidden{:g}".format(*weights)
 
 

@@ -30,7 +30,7 @@ from amqs.config import ModelConfig
 from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
 from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
-                        model_size, uniform_assignment, weight_bits_of)
+                        model_size, uniform_assignment)
 from amqs.quant.split import split_ternary_linears
 from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 from amqs.train.distill import DistillLoss
@@ -284,26 +284,25 @@ def _weight_bits(assignment: Optional[BitAssignment], configured: int) -> float 
     """The encoder Linears' bits: the common value of a uniform assignment, else their average per weight."""
     if assignment is None:
         return configured
-    bits = {b for n, m in assignment.modules.items() if m.kind == "linear" and n.startswith("bert.encoder.")
-            for b in m.bits}
-    if len(bits) == 1:
-        return bits.pop()
-    if not bits:
-        return configured
-    return round(weight_bits_of(assignment)[1], 3)
+    return _common_bits([m for n, m in assignment.modules.items()
+                         if m.kind == "linear" and n.startswith("bert.encoder.")], configured)
 
 
 def _emb_bits(assignment: Optional[BitAssignment], configured: int) -> float | int:
     """The embedding tables' bits: their common value, else the average per weight; 32 when none is quantized."""
     if assignment is None:
         return configured
-    emb = [m for m in assignment.modules.values() if m.kind == "embedding"]
-    if not emb:
-        return 32
-    bits = {b for m in emb for b in m.bits}
+    return _common_bits([m for m in assignment.modules.values() if m.kind == "embedding"], 32)
+
+
+def _common_bits(modules: list, none: int) -> float | int:
+    """The modules' common bit-width, else their average bits per weight; ``none`` without modules."""
+    bits = {b for m in modules for b in m.bits}
+    if not bits:
+        return none
     if len(bits) == 1:
         return bits.pop()
-    return round(sum(m.weight_bits for m in emb) / sum(m.num_weights for m in emb), 3)
+    return round(sum(m.weight_bits for m in modules) / sum(m.num_weights for m in modules), 3)
 
 
 def _mixed(cfg: DictConfig, teacher: nn.Module, assignment: BitAssignment, train_loader, out: Path) -> BitAssignment:
