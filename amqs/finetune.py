@@ -25,14 +25,14 @@ from amqs.config import CONF_DIR, register_configs
 from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
 from amqs.train import evaluate, fit, seed_everything
-from amqs.utils.run import (command_line, config_hash, git_revision, prepare_run_dir, save_config, upsert_csv,
-                            write_json)
+from amqs.utils.cli import user_errors
+from amqs.utils.run import (check_results_dir, check_writable, command_line, config_hash, git_revision,
+                            prepare_run_dir, relative_run, save_config, upsert_csv, write_json)
 
 log = logging.getLogger(__name__)
 
-TEACHER_COLUMNS = ("task", "model", "search_val", "dev_accuracy", "dev_f1", "epochs", "train_examples",
-                   "max_length",
-                   "seconds", "command")
+TEACHER_COLUMNS = ("run", "task", "model", "search_val", "dev_accuracy", "dev_f1", "epochs", "train_examples",
+                   "max_length", "seconds", "threads", "cpu", "config_hash", "command")
 
 
 def teacher_dir(cfg: DictConfig) -> Path:
@@ -46,8 +46,10 @@ def teacher_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     """Fine-tune (or reuse) the teacher described by ``cfg``; return its metrics."""
     out = teacher_dir(cfg)
+    check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
+    check_writable(Path(cfg.paths.results_dir) / "teachers.csv")
     fp = config_hash(cfg)
-    done = prepare_run_dir(out, fp, cfg.overwrite)
+    done = prepare_run_dir(out, fp, cfg.overwrite, require=("model",))
     if done is not None:
         log.info("reusing the teacher in %s (same config %s)", out, fp)
         return done
@@ -80,13 +82,12 @@ def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
         "epochs": cfg.train.epochs, "train_rows": len(train_ds), "train_examples": result.train_examples,
         "steps": result.steps, "max_length": cfg.data.max_length, "seconds": round(result.seconds, 1),
         "threads": torch.get_num_threads(), "final_loss": result.final_loss, "config_hash": fp,
-        "git_revision": git_revision(), "command": command,
+        "git_revision": git_revision(), "command": command, "run": relative_run(out, cfg.paths.results_dir),
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(ckpt)
     upsert_csv(Path(cfg.paths.results_dir) / "teachers.csv",
-               {k: metrics[k] for k in TEACHER_COLUMNS}, key=("task", "model", "search_val"),
-               columns=TEACHER_COLUMNS)
+               {k: metrics.get(k) for k in TEACHER_COLUMNS}, key=("run",), columns=TEACHER_COLUMNS)
     log.info("dev %s: %s", task.name, {k: v for k, v in dev.items()})
     return metrics
 
@@ -98,7 +99,8 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run(cfg, command=command_line("amqs-finetune", HydraConfig.get().overrides.task))
+    with user_errors("amqs-finetune"):
+        run(cfg, command=command_line("amqs-finetune", HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

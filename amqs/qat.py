@@ -23,14 +23,18 @@ from amqs.config import CONF_DIR, register_configs
 from amqs.quant.assignment import BitAssignment
 from amqs.train.qat import run_qat
 from amqs.train.staged import run_staged
-from amqs.utils.run import command_line, upsert_csv
+from amqs.utils.cli import user_errors
+from amqs.utils.run import check_results_dir, check_writable, command_line, table_row, upsert_csv
 
-BASELINE_COLUMNS = ("task", "method", "weight_bits", "act_bits", "emb_bits", "encoder_bytes", "total_bytes",
-                    "compression", "dev_accuracy", "dev_f1", "train_examples", "epochs", "command")
+BASELINE_COLUMNS = ("run", "task", "model", "method", "weight_bits", "act_bits", "emb_bits", "encoder_bytes",
+                    "total_bytes", "compression", "dev_accuracy", "dev_f1", "train_examples", "epochs", "seconds",
+                    "threads", "cpu", "config_hash", "command")
 
 
 def run(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
-    """Train (or reuse) the run, in stages for a staged recipe; record it in results/baselines.csv."""
+    """Train (or reuse) the run, in stages for a staged recipe; record it in <results_dir>/baselines.csv."""
+    check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
+    check_writable(Path(cfg.paths.results_dir) / "baselines.csv")
     if cfg.get("assignment"):
         metrics = run_qat(cfg, load_assignment_file(cfg), command=command)
     elif cfg.get("staged") is not None:
@@ -59,9 +63,9 @@ def load_assignment_file(cfg: DictConfig) -> BitAssignment:
 
 
 def record(metrics: dict[str, Any], results_dir: str | Path, **changes: Any) -> None:
-    """Upsert a run's row of ``<results_dir>/baselines.csv`` (key: task, method); ``changes`` override fields."""
-    row = {**{k: metrics.get(k) for k in BASELINE_COLUMNS}, **changes}
-    upsert_csv(Path(results_dir) / "baselines.csv", row, key=("task", "method"), columns=BASELINE_COLUMNS)
+    """Upsert a run's row of ``<results_dir>/baselines.csv`` (key: the run folder); ``changes`` override fields."""
+    row = {**table_row(metrics, BASELINE_COLUMNS), **changes}
+    upsert_csv(Path(results_dir) / "baselines.csv", row, key=("run",), columns=BASELINE_COLUMNS)
 
 
 register_configs()
@@ -71,7 +75,8 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run(cfg, command=command_line("amqs-qat", HydraConfig.get().overrides.task))
+    with user_errors("amqs-qat"):
+        run(cfg, command=command_line("amqs-qat", HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

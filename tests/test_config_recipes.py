@@ -32,7 +32,7 @@ EXPECTED = {
 def test_recipe_builds_its_student(recipe: str) -> None:
     cfg = compose_cfg("qat", [f"recipe={recipe}", "debug=smoke"])
     method, scheme, bits, groups, act, act_kind, emb_bits, emb_groups, position, hidden = EXPECTED[recipe]
-    assert cfg.quant.name == method and cfg.name == f"sst2-{method}"
+    assert cfg.quant.name == method and cfg.name == f"sst2-bert-tiny-{method}"
     assert cfg.distill.hidden_weight == hidden
     model = tiny_bert(vocab_size=30522)
     a = build_assignment(model, cfg)
@@ -77,7 +77,7 @@ def test_aqbert_is_one_search_override() -> None:
     cfg = compose_cfg("search", ["recipe=aqbert"])
     assert cfg.search.space == "aqbert" and cfg.search.arch.optimizer == "sgd" and cfg.search.arch.lr == 0.1
     assert cfg.search.arch.unrolled and cfg.reinit and cfg.search.init_bias == 0.0
-    assert cfg.name == "sst2-recipe-aqbert-compression13.0"
+    assert cfg.name == "sst2-minilm-l6-recipe-aqbert-compression13.0"
     assert compose_cfg("search", ["recipe=aqbert", "budget=c16_2"]).budget.value == 16.2
 
 

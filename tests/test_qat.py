@@ -28,10 +28,10 @@ def test_given_assignment_reproduces_the_search_retrain(tmp_path: Path, glue_dir
     m = qat_app(compose_cfg("qat", ov + [f"assignment={bits}", "quant.name=given"]), command="test")
     assert m["encoder_bytes"] == searched["encoder_bytes"] and m["dev_accuracy"] == searched["dev_accuracy"]
     assert m["method"] == "given" and m["scheme"] == "minmax" and m["emb_bits"] == 8
-    ours = torch.load(tmp_path / "runs" / "sst2-given" / "student.pt", weights_only=True)
+    ours = torch.load(tmp_path / "runs" / "sst2-bert-tiny-given" / "student.pt", weights_only=True)
     theirs = torch.load(tmp_path / "runs" / "s" / "retrain" / "student.pt", weights_only=True)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert BitAssignment.from_json(tmp_path / "runs" / "sst2-given" / "bits.json") == BitAssignment.from_json(bits)
+    assert BitAssignment.from_json(tmp_path / "runs" / "sst2-bert-tiny-given" / "bits.json") == BitAssignment.from_json(bits)
 
 
 def test_given_assignment_needs_a_method_name_and_a_file(tmp_path: Path, glue_dir: Path) -> None:

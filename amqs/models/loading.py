@@ -9,7 +9,8 @@
 
 Example::
 
-    model, tok = load_classifier(ModelConfig(source="random"), num_labels=2)
+    model, tok = load_classifier(ModelConfig(source="random", hidden_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=128), num_labels=2)
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolve_source(source))
 
 
+def _random_classifier(cfg: ModelConfig, num_labels: int) -> tuple[BertForSequenceClassification,
+                                                                   PreTrainedTokenizerBase]:
+    """A randomly initialised BERT of the configured size (conf/model/bert_tiny.yaml), seeded by the caller."""
+    sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    unset = [k for k in sizes if getattr(cfg, k) is None]
+    if unset:
+        raise ValueError(f"model.source=random needs the architecture: set model.{', model.'.join(unset)} "
+                         "(or use model=bert_tiny)")
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    vocab = cfg.vocab_size or len(tokenizer)
+    if tokenizer.vocab_size > vocab:
+        raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's vocabulary "
+                         f"({tokenizer.vocab_size}) of model.tokenizer={cfg.tokenizer!r}")
+    config = BertConfig(vocab_size=vocab, max_position_embeddings=cfg.max_position_embeddings or 512,
+                        num_labels=num_labels, **{k: getattr(cfg, k) for k in sizes})
+    return BertForSequenceClassification(config), tokenizer
+
+
 def load_classifier(cfg: ModelConfig, num_labels: int) -> tuple[BertForSequenceClassification, PreTrainedTokenizerBase]:
     """The classifier and its tokenizer.
 
@@ -57,22 +76,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int) -> tuple[BertForSequenceC
     seeded head — transformers logs which weights were newly initialised.
     """
     if cfg.source == "random":
-        config = BertConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            intermediate_size=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings,
-            num_labels=num_labels,
-        )
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(
-                f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary "
-                f"({tokenizer.vocab_size}) of model.tokenizer={cfg.tokenizer!r}"
-            )
-        return BertForSequenceClassification(config), tokenizer
+        return _random_classifier(cfg, num_labels)
     path = resolve_source(cfg.source)
     if (cfg.source.startswith((".", "/", "~")) or Path(path).exists()) and not Path(path).is_dir():
         raise FileNotFoundError(f"model.source={cfg.source!r} is not a folder with an HF model")

@@ -20,27 +20,31 @@ from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
 from amqs.outer.study import run_study
-from amqs.search.run import run_search
+from amqs.search.run import run_dir, run_search
 from amqs.train.distill import distill_label
-from amqs.utils.run import command_line, upsert_csv
+from amqs.utils.cli import user_errors
+from amqs.utils.run import check_results_dir, check_writable, command_line, relative_run, table_row, upsert_csv
 
-SEARCH_COLUMNS = ("task", "space", "distill", "teacher", "budget_compression", "encoder_bytes", "compression", "avg_bits",
-                  "pruned_fraction", "dev_accuracy", "dev_f1", "train_examples", "epochs", "seconds", "command")
+SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
+                  "encoder_bytes", "compression", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",
+                  "train_examples", "epochs", "seconds", "threads", "cpu", "config_hash", "command")
 
 
 def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
-    """Run (or reuse) one budget and record it in results/search.csv; with ``cfg.outer``, run the study."""
+    """Run (or reuse) one budget and record it in <results_dir>/search.csv; with ``cfg.outer``, run the study."""
+    check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
     if cfg.get("outer") is not None:
         return run_study(cfg, command=command)
+    check_writable(Path(cfg.paths.results_dir) / "search.csv")
     m = run_search(cfg, command=command)
     if not m:  # a non-main torchrun rank: rank 0 writes the results
         return m
-    row = {**{k: m[k] for k in SEARCH_COLUMNS if k in m},
+    row = {**table_row(m, SEARCH_COLUMNS), "run": relative_run(run_dir(cfg), cfg.paths.results_dir),
+           "model": cfg.model.name, "lam": cfg.search.lam, "seed": cfg.train.seed,
            "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
            "epochs": f"search {m['search_epochs']} + retrain {m['retrain_epochs']}",
            "teacher": cfg.teacher.source, "distill": distill_label(cfg.distill)}
-    upsert_csv(Path(cfg.paths.results_dir) / "search.csv", row,
-               key=("task", "space", "distill", "teacher", "budget_compression"), columns=SEARCH_COLUMNS)
+    upsert_csv(Path(cfg.paths.results_dir) / "search.csv", row, key=("run",), columns=SEARCH_COLUMNS)
     return m
 
 
@@ -51,7 +55,8 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run(cfg, command=command_line("amqs-search", HydraConfig.get().overrides.task))
+    with user_errors("amqs-search"):
+        run(cfg, command=command_line("amqs-search", HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

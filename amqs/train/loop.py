@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -104,6 +105,103 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill during the write leaves the old checkpoint intact
 
 
+def rng_state() -> dict:
+    """Every RNG a training step draws from (dropout: torch's CPU and CUDA generators), to checkpoint."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (a checkpoint without CUDA state leaves CUDA alone)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def truncate_log(path: Optional[Path], step: int) -> None:
+    """Keep only a JSON-lines log's rows of steps ``<= step``: a resumed run replays the steps after its
+    checkpoint, and each step must be logged once. Atomic, like the checkpoints."""
+    if path is None or not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Run:
+    """What one training run carries from step to step (and what its checkpoint holds)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total_steps: int
+    state_path: Optional[Path]
+    step: int = 0
+    seconds_before: float = 0.0
+
+    def restore(self, device: str) -> None:
+        """Continue from the checkpoint, if there is one: weights, optimizer, schedule, RNG, position."""
+        if not (self.state_path and self.state_path.exists()):
+            return
+        state = torch.load(self.state_path, map_location=device, weights_only=False)
+        if state["total_steps"] != self.total_steps:
+            raise RuntimeError(
+                f"checkpoint {self.state_path} was made for {state['total_steps']} steps, this run has "
+                f"{self.total_steps}: the config changed; delete the checkpoint folder to start over"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
+        self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
+        log.info("resumed from %s at step %d/%d", self.state_path, self.step, self.total_steps)
+
+    def save(self, seconds: float) -> None:
+        _save_state(self.state_path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step,
+            "total_steps": self.total_steps, "seconds": self.seconds_before + seconds,
+        })
+
+
+def _train_step(run: _Run, batch: dict[str, torch.Tensor], loss_fn: LossFn, max_grad_norm: float) -> float:
+    """One optimizer step; a non-finite loss stops the run with the last checkpoint untouched."""
+    loss = loss_fn(run.model, batch)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at step {run.step + 1}/{run.total_steps}; the last checkpoint "
+            f"({run.state_path or 'none'}) is kept. Lower train.lr or check the data."
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return loss.item()
+
+
+def _batches(loader: DataLoader, start_step: int, device: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches on ``device`` from global step ``start_step`` on, epoch after epoch (mid-epoch needs a
+    :class:`ResumableSampler`)."""
+    sampler = loader.sampler if isinstance(loader.sampler, ResumableSampler) else None
+    epoch, in_epoch = divmod(start_step, len(loader))
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch, skip=in_epoch * loader.batch_size)
+        elif in_epoch:
+            raise RuntimeError("resuming mid-epoch needs a loader built with make_loader(shuffle=True)")
+        for batch in loader:
+            yield {k: v.to(device) for k, v in batch.items()}
+        epoch, in_epoch = epoch + 1, 0
+
+
 def fit(
     model: nn.Module,
     loader: DataLoader,
@@ -115,79 +213,42 @@ def fit(
     device: str = "cpu",
     desc: str = "train",
 ) -> FitResult:
-    """Train ``model`` for ``cfg.epochs`` (fractions allowed) over ``loader``; resume from ``ckpt_dir``."""
+    """Train ``model`` for ``cfg.epochs`` (fractions allowed) over ``loader``; resume from ``ckpt_dir``.
+
+    Killed at any point and started again with the same checkpoint folder, it ends with the same weights,
+    bit for bit, and ``log_file`` holds every logged step once.
+    """
     steps_per_epoch = len(loader)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    step, seconds_before = 0, 0.0
-    state_path = ckpt_dir / STATE_FILE if ckpt_dir else None
-    if state_path and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["total_steps"] != total_steps:
-            raise RuntimeError(
-                f"checkpoint {state_path} was made for {state['total_steps']} steps, this run has "
-                f"{total_steps}: the config changed; delete the checkpoint folder to start over"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, seconds_before = state["step"], state.get("seconds", 0.0)
-        log.info("resumed from %s at step %d/%d", state_path, step, total_steps)
-    resumed_from = step
+    run = _Run(model, optimizer, scheduler, total_steps, ckpt_dir / STATE_FILE if ckpt_dir else None)
+    run.restore(device)
+    truncate_log(log_file, run.step)
+    resumed_from = run.step
     model.to(device).train()
-    sampler = loader.sampler if isinstance(loader.sampler, ResumableSampler) else None
     t0 = time.perf_counter()
     loss_value = float("nan")
-    logf = open(log_file, "a") if log_file else None
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not cfg.progress, dynamic_ncols=True)
-    try:
-        while step < total_steps:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch, skip=in_epoch * loader.batch_size)
-            elif in_epoch:
-                raise RuntimeError("resuming mid-epoch needs a loader built with make_loader(shuffle=True)")
-            for batch in loader:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = loss_fn(model, batch)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at step {step + 1}/{total_steps}; the last checkpoint "
-                        f"({state_path or 'none'}) is kept. Lower train.lr or check the data."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss_value = loss.item()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if logf and (step % cfg.log_every == 0 or step == total_steps):
-                    logf.write(json.dumps({"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
-                                           "lr": scheduler.get_last_lr()[0]}) + "\n")
-                    logf.flush()
-                if state_path and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                    _save_state(state_path, {
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "step": step, "total_steps": total_steps,
-                        "seconds": seconds_before + time.perf_counter() - t0,
-                    })
-                if step >= total_steps:
-                    break
-    finally:
-        bar.close()
-        if logf:
-            logf.close()
+    bar = tqdm(total=total_steps, initial=run.step, desc=desc, disable=not cfg.progress, dynamic_ncols=True)
+    with (open(log_file, "a") if log_file else contextlib.nullcontext()) as logf:
+        batches = _batches(loader, run.step, device)
+        while run.step < total_steps:
+            loss_value = _train_step(run, next(batches), loss_fn, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if logf and (run.step % cfg.log_every == 0 or run.step == total_steps):
+                logf.write(json.dumps({"step": run.step, "epoch": run.step / steps_per_epoch, "loss": loss_value,
+                                       "lr": lr}) + "\n")
+                logf.flush()
+            if run.state_path and cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 \
+                    and run.step < total_steps:
+                run.save(time.perf_counter() - t0)
+    bar.close()
     return FitResult(
         steps=total_steps,
         train_examples=min(total_steps * loader.batch_size, math.ceil(cfg.epochs * len(loader.dataset))),
-        seconds=seconds_before + time.perf_counter() - t0,
+        seconds=run.seconds_before + time.perf_counter() - t0,
         final_loss=loss_value,
         resumed_from_step=resumed_from,
     )

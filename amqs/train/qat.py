@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from amqs.config import ModelConfig
+from amqs.config import ModelConfig, PathsConfig, group_option
 from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
 from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
@@ -36,7 +36,8 @@ from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTER
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
-from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
+from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, save_config,
+                            write_json)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,28 @@ def load_teacher(cfg: DictConfig, num_labels: int):
     """The fp32 teacher named by ``cfg.teacher.source``; a clear error says how to make one."""
     source = cfg.teacher.source
     if not Path(source).is_dir() and (source.startswith((".", "/", "~")) or "/" in source):
-        raise FileNotFoundError(
-            f"teacher.source={source!r} does not exist: fine-tune it first with "
-            f"`amqs-finetune model={cfg.model.name} data={cfg.data.task}`-equivalent settings, or point "
-            "teacher.source at an HF folder (teacher=shared_sst2 uses ../shared/models/minilm-l6-sst2)"
-        )
+        raise FileNotFoundError(f"teacher.source={source} does not exist: make it with `{finetune_command(cfg)}`, "
+                                "or choose another teacher (teacher=shared_sst2: ../shared/models/minilm-l6-sst2)")
     return load_classifier(ModelConfig(name=cfg.model.name, source=source), num_labels)
+
+
+def finetune_command(cfg: DictConfig) -> str:
+    """The ``amqs-finetune`` command that writes the teacher folder ``teacher=finetuned|heldout`` points at.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> finetune_command(OmegaConf.create({"model": {"name": "bert-tiny"}, "data": {"task": "mrpc"},
+        ...     "paths": {"results_dir": "outputs"}, "teacher": {"source": "outputs/teachers/bert-tiny-mrpc/model"}}))
+        'amqs-finetune model=bert_tiny data=mrpc'
+    """
+    model = group_option("model", "name", cfg.model.name)
+    parts = ["amqs-finetune", f"model={model}" if model else f"model.source=<{cfg.model.name}> model.name={cfg.model.name}",
+             f"data={cfg.data.task}"]
+    if str(cfg.teacher.source).rstrip("/").endswith("-heldout/model"):
+        parts.append("train.use_search_val=false")
+    if Path(cfg.paths.results_dir) != Path(PathsConfig.results_dir):
+        parts.append(f"paths.results_dir={cfg.paths.results_dir}")
+    return " ".join(parts)
 
 
 def build_assignment(model: nn.Module, cfg: DictConfig) -> Optional[BitAssignment]:
@@ -185,7 +202,7 @@ def quantize_student(teacher: nn.Module, assignment: Optional[BitAssignment], cf
 
 def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command: str = "",
             student_init: Optional[str] = None) -> dict[str, Any]:
-    """Train and evaluate one fixed assignment; write ``results/runs/<name>/``; return its metrics.
+    """Train and evaluate one fixed assignment; write ``<results_dir>/runs/<name>/``; return its metrics.
 
     The student starts from the teacher's weights, or from ``student_init`` (an HF id/folder, e.g.
     the pretrained encoder: AQ-BERT's re-initialisation), or from ``cfg.init_from`` (a finished run's
@@ -198,11 +215,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     prev = check_recipe(cfg, assignment)
     if prev is not None and student_init is not None:
         raise ValueError("init_from and student_init both name the student's start: pass one")
-    fp = config_hash(cfg)
-    if assignment is not None:
-        fp += "-" + fingerprint({"bits": assignment.to_dict(), "init": student_init})
-    if prev is not None:  # a retrained previous stage makes this one stale
-        fp += "-" + fingerprint({"init_from": prev.get("config_hash")})
+    fp = _run_hash(cfg, assignment, student_init, prev)
     done = prepare_run_dir(out, fp, cfg.overwrite)
     if done is not None:
         log.info("reusing the finished run in %s", out)
@@ -213,23 +226,74 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     task = get_task(cfg.data.task)
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
+    loaders = _Loaders(cfg, splits, tokenizer)
+    student, assignment, replaced = build_student(cfg, teacher, assignment, student_init, loaders, out)
+    if assignment is not None:
+        assignment.to_json(out / "bits.json")
+    teacher.to(cfg.device)
+    student.to(cfg.device)
+    scores, result = _train_and_evaluate(cfg, student, teacher, loaders, task.metrics, out)
+    torch.save(student.state_dict(), out / STUDENT_FILE)
+    save_config(cfg, out / "config.yaml")
+    metrics = {"task": task.name, "model": cfg.model.name, "method": cfg.quant.name, "teacher": cfg.teacher.source,
+               "student_init": student_init, "init_from": cfg.get("init_from"),
+               **_bits_metrics(cfg, assignment, replaced), **_size_metrics(cfg, student, teacher), **scores,
+               "train_examples": result.train_examples, "epochs": cfg.train.epochs, "steps": result.steps,
+               "seconds": round(result.seconds, 1), "final_loss": result.final_loss, "threads": torch.get_num_threads(),
+               "config_hash": fp, "git_revision": git_revision(), "command": command,
+               "run": relative_run(out, cfg.paths.results_dir)}
+    write_json(out / "metrics.json", metrics)
+    shutil.rmtree(out / "checkpoint")
+    log.info("%s: dev %.4f (PTQ %.4f), encoder %d B (%.2fx)", cfg.name, metrics["dev_accuracy"],
+             metrics["dev_accuracy_ptq"], metrics["encoder_bytes"], metrics["compression"])
+    return metrics
 
-    def loader(split: str, train: bool):
-        return make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,
-                           batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
-                           shuffle=train, seed=cfg.train.seed)
 
+def _run_hash(cfg: DictConfig, assignment: Optional[BitAssignment], student_init: Optional[str],
+              prev: Optional[dict[str, Any]]) -> str:
+    """What the run computes: its config, plus a given assignment's bits and start, plus a previous stage's hash."""
+    fp = config_hash(cfg)
+    if assignment is not None:
+        fp += "-" + fingerprint({"bits": assignment.to_dict(), "init": student_init})
+    if prev is not None:  # a retrained previous stage makes this one stale
+        fp += "-" + fingerprint({"init_from": prev.get("config_hash")})
+    return fp
+
+
+class _Loaders:
+    """Makes the run's loader of a split (train: shuffled and resumable; others: in order)."""
+
+    def __init__(self, cfg: DictConfig, splits, tokenizer) -> None:
+        self.cfg, self.splits, self.tokenizer = cfg, splits, tokenizer
+
+    def __call__(self, split: str, train: bool = False):
+        c = self.cfg
+        return make_loader(self.splits[split], self.tokenizer, max_length=c.data.max_length,
+                           batch_size=c.train.batch_size if train else c.train.eval_batch_size, shuffle=train,
+                           seed=c.train.seed)
+
+
+def build_student(cfg: DictConfig, teacher: nn.Module, assignment: Optional[BitAssignment],
+                  student_init: Optional[str], loaders: _Loaders, out: Path
+                  ) -> tuple[nn.Module, Optional[BitAssignment], list[str]]:
+    """The fake-quantized student of the run, its final assignment and the names of the quantized modules.
+
+    Bits: the given assignment, else ``cfg.quant``'s uniform ones (per layer with ``cfg.mixed``); weights:
+    the teacher's, ``student_init``'s or ``cfg.init_from``'s; with ``quant.tws`` split into a binary model.
+    """
     if assignment is None:
         assignment = build_assignment(teacher, cfg)
         if cfg.get("mixed") is not None:
-            assignment = _mixed(cfg, teacher, assignment, loader("train", True), out)
+            assignment = _mixed(cfg, teacher, assignment, loaders("train", True), out)
+    elif cfg.get("assignment"):
+        check_covers(assignment, teacher, cfg)
     base = teacher
     if student_init is not None:
         # cfg.model's geometry too: a "random" source builds the model from it (the tiny test model)
         model_cfg = ModelConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "source": student_init})
-        base, _ = load_classifier(model_cfg, task.num_labels)
+        base, _ = load_classifier(model_cfg, teacher.config.num_labels)
     student, replaced = quantize_student(base, assignment, cfg)
-    if prev is not None:
+    if cfg.get("init_from"):
         init = load_student_init(student, cfg.init_from)
         log.info("student from %s (re-initialised quantizer state: %s)", cfg.init_from, init["reinitialised"])
     if cfg.quant.tws:
@@ -237,47 +301,53 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
         log.info("TWS: split %d ternary Linears into binary ones of twice the width", len(split))
         assignment = extract_assignment(student, meta={**assignment.meta, "tws": split})
     log.info("quantized %d modules (%s): %s", len(replaced), cfg.quant.name, ", ".join(replaced))
-    if assignment is not None:
-        assignment.to_json(out / "bits.json")
+    return student, assignment, replaced
+
+
+def check_covers(assignment: BitAssignment, model: nn.Module, cfg: DictConfig) -> None:
+    """A given bits file must name every Linear the recipe quantizes: a module it forgets would silently stay fp32."""
+    targets = list(cfg.quant.targets) or DEFAULT_LINEAR_PATTERNS
+    missing = [n for n in select_modules(model, targets) if n not in assignment.modules]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ValueError(f"assignment={cfg.assignment} has no bits for {', '.join(missing[:3])}{more}: every "
+                         "quantized Linear needs an entry (give a module 32 bits to keep it fp32 on purpose)")
+
+
+def _train_and_evaluate(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loaders: _Loaders,
+                        metrics: tuple[str, ...], out: Path) -> tuple[dict[str, Any], Any]:
+    """PTQ accuracy on dev, QAT with distillation (resumable), then dev and search-val metrics."""
+    dev_loader = loaders("dev")
+    # Post-training quantization accuracy (ranges from the first batches), before any training.
+    ptq = evaluate(student, dev_loader, metrics, device=cfg.device)
+    d = cfg.distill
+    loss_fn = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
+    result = fit(student, loaders("train", True), cfg.train, loss_fn=loss_fn, ckpt_dir=out / "checkpoint",
+                 log_file=out / "train_log.jsonl", device=cfg.device, desc=f"qat {cfg.name}")
+    dev = evaluate(student, dev_loader, metrics, device=cfg.device)
+    search_val = evaluate(student, loaders("search_val"), metrics, device=cfg.device) if cfg.eval_search_val else {}
+    return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_accuracy_ptq": ptq["accuracy"],
+            "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1")}, result
+
+
+def _bits_metrics(cfg: DictConfig, assignment: Optional[BitAssignment], replaced: list[str]) -> dict[str, Any]:
+    q = cfg.quant
+    return {"weight_bits": _weight_bits(assignment, q.weight_bits),
+            "act_bits": assignment.act_bits if assignment is not None else q.act_bits,
+            "emb_bits": _emb_bits(assignment, q.emb_bits),
+            "scheme": assignment.scheme if assignment is not None else q.scheme, "replaced_modules": replaced,
+            **({"unit_bits": dict(assignment.meta["unit_bits"])} if assignment and "unit_bits" in assignment.meta
+               else {})}
+
+
+def _size_metrics(cfg: DictConfig, student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
     size = model_size(student)
     # The fp32 reference is the teacher's architecture: a TWS-split student's matrices are twice as wide.
     fp32 = model_size(teacher) if cfg.quant.tws else size
-
-    dev_loader = loader("dev", False)
-    # Post-training quantization accuracy (ranges from the first batches), before any training.
-    ptq = evaluate(student, dev_loader, task.metrics, device=cfg.device)
-    d = cfg.distill
-    loss_fn = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
-    result = fit(student, loader("train", True), cfg.train, loss_fn=loss_fn, ckpt_dir=out / "checkpoint",
-                 log_file=out / "train_log.jsonl", device=cfg.device, desc=f"qat {cfg.name}")
-    dev = evaluate(student, dev_loader, task.metrics, device=cfg.device)
-    search_val = (evaluate(student, loader("search_val", False), task.metrics, device=cfg.device)
-                  if cfg.eval_search_val else {})
-    torch.save(student.state_dict(), out / STUDENT_FILE)
-    save_config(cfg, out / "config.yaml")
-    metrics = {
-        "task": task.name, "method": cfg.quant.name, "teacher": cfg.teacher.source, "student_init": student_init,
-        "init_from": cfg.get("init_from"),
-        "weight_bits": _weight_bits(assignment, cfg.quant.weight_bits), "act_bits": assignment.act_bits if assignment is not None else cfg.quant.act_bits,
-        "emb_bits": _emb_bits(assignment, cfg.quant.emb_bits),
-        "scheme": assignment.scheme if assignment is not None else cfg.quant.scheme, "replaced_modules": replaced,
-        **({"unit_bits": dict(assignment.meta["unit_bits"])} if assignment and "unit_bits" in assignment.meta else {}),
-        "encoder_bytes": size.encoder_bytes, "total_bytes": size.total_bytes,
-        "fp32_encoder_bytes": fp32.fp32_encoder_bytes, "fp32_total_bytes": fp32.fp32_total_bytes,
-        "compression": round(fp32.fp32_encoder_bytes / size.encoder_bytes, 3),
-        "total_compression": round(fp32.fp32_total_bytes / size.total_bytes, 3),
-        "dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"),
-        "dev_accuracy_ptq": ptq["accuracy"],
-        "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1"),
-        "train_examples": result.train_examples, "epochs": cfg.train.epochs, "steps": result.steps,
-        "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
-        "config_hash": fp, "git_revision": git_revision(), "command": command,
-    }
-    write_json(out / "metrics.json", metrics)
-    shutil.rmtree(out / "checkpoint")
-    log.info("%s: dev %s (PTQ %s), encoder %d B (%.2fx)", cfg.name, dev, ptq, size.encoder_bytes,
-             metrics["compression"])
-    return metrics
+    return {"encoder_bytes": size.encoder_bytes, "total_bytes": size.total_bytes,
+            "fp32_encoder_bytes": fp32.fp32_encoder_bytes, "fp32_total_bytes": fp32.fp32_total_bytes,
+            "compression": round(fp32.fp32_encoder_bytes / size.encoder_bytes, 3),
+            "total_compression": round(fp32.fp32_total_bytes / size.total_bytes, 3)}
 
 
 def _weight_bits(assignment: Optional[BitAssignment], configured: int) -> float | int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +46,7 @@ def fingerprint(obj: Any) -> str:
 
 
 # Settings that change where or how verbosely a run works, not what it computes.
-_NOT_HASHED = ("paths", "overwrite", "device", "name", "eval_search_val",
+_NOT_HASHED = ("paths", "overwrite", "device", "name", "eval_search_val", "smoke",
                "assignment")  # an assignment file is fingerprinted by its content (amqs.train.qat)
 _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress", "eval_batch_size")
 
@@ -54,9 +57,20 @@ _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, (
                     ("quant", "tws"): False}
 
 
+# The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed
+# as the value it used to hold, so finished runs keep their fingerprints.
+_MODEL_LEGACY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                 "vocab_size": 30522, "max_position_embeddings": 512}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Fingerprint of what a run computes: two runs with the same hash give the same result."""
     c = OmegaConf.to_container(cfg, resolve=True)
+    model = c.get("model")
+    if isinstance(model, dict):
+        for k, legacy in _MODEL_LEGACY.items():
+            if model.get(k, legacy) is None:
+                model[k] = legacy
     for k in _NOT_HASHED:
         c.pop(k, None)
     for path, unused in _HASHED_WHEN_SET.items():
@@ -84,6 +98,21 @@ def write_json(path: Path, obj: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def table_row(metrics: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    """A results-table row from a run's metrics: its values for ``columns``, the model and the CPU included.
+
+    Example:
+        >>> table_row({"task": "sst2", "provenance": {"cpu": "AMD EPYC"}, "teacher": "x"}, ("task", "model", "cpu"))
+        {'task': 'sst2', 'model': None, 'cpu': 'AMD EPYC'}
+    """
+    row = {c: metrics.get(c) for c in columns}
+    prov = metrics.get("provenance") or {}
+    for c in ("cpu", "threads", "model"):
+        if c in row and row[c] is None:
+            row[c] = prov.get(c)
+    return row
+
+
 def upsert_csv(path: Path, row: Mapping[str, Any], key: Sequence[str], columns: Sequence[str]) -> None:
     """Insert ``row`` into a results table, replacing the row with the same ``key`` values."""
     unknown = set(row) - set(columns)
@@ -103,25 +132,33 @@ def upsert_csv(path: Path, row: Mapping[str, Any], key: Sequence[str], columns: 
         w.writerows(rows)
 
 
-def prepare_run_dir(out: Path, config_hash: str, overwrite: bool) -> Optional[dict[str, Any]]:
+def prepare_run_dir(out: Path, config_hash: str, overwrite: bool,
+                    require: Sequence[str] = ()) -> Optional[dict[str, Any]]:
     """Reuse a finished run, resume an interrupted one, or refuse to clobber another config's.
 
-    Returns the metrics of a finished run in ``out`` made with ``config_hash``; otherwise makes
-    sure ``out/checkpoint`` belongs to this config (stamped with its hash) and returns None.
-    With ``overwrite`` an earlier run of another config is discarded instead of refused.
+    Returns the metrics of a finished run in ``out`` made with ``config_hash`` whose ``require``d files
+    (e.g. the weights, which git does not keep) are there; otherwise makes sure ``out/checkpoint``
+    belongs to this config (stamped with its hash) and returns None, so the run trains (again). With
+    ``overwrite`` an earlier run of another config is discarded instead of refused.
     """
     metrics_path, ckpt = out / "metrics.json", out / "checkpoint"
     stamp = ckpt / "config_hash"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
-        if metrics.get("config_hash") == config_hash and not overwrite:
+        same = metrics.get("config_hash") == config_hash
+        missing = [f for f in require if not (out / f).exists()]
+        if same and not overwrite and not missing:
+            shutil.rmtree(ckpt, ignore_errors=True)  # killed after its metrics were written, before the cleanup
             return metrics
-        if not overwrite:
+        if not same and not overwrite:
             raise FileExistsError(
                 f"{out} holds a run of another config ({metrics.get('config_hash')} != {config_hash}): "
                 "pass overwrite=true to replace it, or choose another name"
             )
-        metrics_path.unlink()
+        if same and missing:
+            log.info("%s: the run's record is here but not %s (not kept in git): training it again",
+                     out, " or ".join(missing))
+    check_writable(out)
     if ckpt.exists() and (overwrite or not stamp.exists() or stamp.read_text() != config_hash):
         if not overwrite:
             raise FileExistsError(f"{ckpt} is a checkpoint of another config: pass overwrite=true to discard it")
@@ -129,6 +166,62 @@ def prepare_run_dir(out: Path, config_hash: str, overwrite: bool) -> Optional[di
     ckpt.mkdir(parents=True, exist_ok=True)
     stamp.write_text(config_hash)
     return None
+
+
+def check_writable(*paths: Path) -> None:
+    """Fail before any work when an output folder (or table file) cannot be written.
+
+    A folder that does not exist yet is created (which fails on a read-only parent); a file that exists must
+    be writable, one that does not must have a writable folder.
+    """
+    for path in paths:
+        path = Path(path)
+        if path.suffix:  # a file: its folder must take it
+            folder = path.parent
+            ok = os.access(path, os.W_OK) if path.exists() else None
+        else:
+            folder, ok = path, None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"cannot create the output folder {folder} ({e.strerror}): choose a writable "
+                                  "paths.results_dir (or --out / --results)") from None
+        if ok is None:
+            ok = os.access(folder, os.W_OK)
+        if not ok:
+            raise PermissionError(f"{path} is not writable: choose a writable paths.results_dir "
+                                  "(or --out / --results), or fix its permissions")
+
+
+# The measured results of the repository: only explicit, non-debug runs may write here (README, Results).
+TRACKED_RESULTS = REPO_ROOT / "results"
+
+
+def check_results_dir(results_dir: str | Path, *, smoke: bool, model_source: str = "") -> None:
+    """Refuse to let a debug run (``debug=smoke``, a random model) write the repository's measured results.
+
+    Example:
+        >>> check_results_dir("outputs/smoke", smoke=True)    # fine; TRACKED_RESULTS would raise ValueError
+    """
+    if not (smoke or model_source == "random"):
+        return
+    if Path(results_dir).resolve() == TRACKED_RESULTS.resolve():
+        what = "debug run (debug=smoke)" if smoke else "run of a random model (model.source=random)"
+        raise ValueError(f"paths.results_dir={results_dir} is the repository's measured results: a {what} never writes "
+                         f"there; use another folder (the default is outputs/, debug=smoke uses outputs/smoke)")
+
+
+def relative_run(out: Path, results_dir: str | Path) -> str:
+    """A run folder as the tables key it: its path under ``results_dir`` (``runs/sst2-w8a8``).
+
+    Example:
+        >>> relative_run(Path("results/runs/sst2-w8a8"), "results")
+        'runs/sst2-w8a8'
+    """
+    try:
+        return Path(out).resolve().relative_to(Path(results_dir).resolve()).as_posix()
+    except ValueError:
+        return Path(out).as_posix()
 
 
 def command_line(program: str, overrides: Iterable[str]) -> str:

@@ -43,7 +43,7 @@ def test_student_is_a_quantized_copy(qat_cfg: DictConfig) -> None:
 @pytest.mark.slow
 def test_run_qat_writes_run_dir_and_reuses(qat_cfg: DictConfig, tmp_path: Path) -> None:
     metrics = run_qat(qat_cfg, command="test")
-    out = tmp_path / "runs" / "sst2-w4a8"
+    out = tmp_path / "runs" / "sst2-bert-tiny-w4a8"
     assert json.loads((out / "metrics.json").read_text()) == metrics
     bits = BitAssignment.from_json(out / "bits.json")
     assert bits.meta["method"] == "w4a8" and metrics["replaced_modules"] == list(bits.modules)

@@ -23,8 +23,8 @@ from tests.conftest import compose_cfg
 def test_progressive_stages_lower_weights_then_quantize_activations(tmp_path: Path) -> None:
     cfg = compose_cfg("qat", ["recipe=progressive", f"paths.results_dir={tmp_path}"])
     stages = stage_configs(cfg)
-    assert [c.name for c in stages] == ["sst2-progressive/1-w8", "sst2-progressive/2-w4", "sst2-progressive/3-w2",
-                                        "sst2-progressive"]
+    assert [c.name for c in stages] == ["sst2-minilm-l6-progressive/1-w8", "sst2-minilm-l6-progressive/2-w4",
+                                        "sst2-minilm-l6-progressive/3-w2", "sst2-minilm-l6-progressive"]
     assert [(c.quant.weight_bits, c.quant.act_bits) for c in stages] == [(8, 32), (4, 32), (2, 32), (2, 8)]
     assert [c.init_from for c in stages] == [None] + [str(tmp_path / "runs" / c.name) for c in stages[:-1]]
     assert [c.train.epochs for c in stages] == [0.25] * 4  # the budget of one run, shared
@@ -37,8 +37,8 @@ def test_progressive_stages_lower_weights_then_quantize_activations(tmp_path: Pa
 def test_binarybert_stages() -> None:
     stages = stage_configs(compose_cfg("qat", ["recipe=binarybert"]))
     assert [(c.name, c.quant.weight_bits, c.quant.tws) for c in stages] == [
-        ("sst2-binarybert/1-ternary", 2, False), ("sst2-binarybert", 1, True)]
-    assert stages[1].init_from == "results/runs/sst2-binarybert/1-ternary"
+        ("sst2-minilm-l6-binarybert/1-ternary", 2, False), ("sst2-minilm-l6-binarybert", 1, True)]
+    assert stages[1].init_from == "outputs/runs/sst2-minilm-l6-binarybert/1-ternary"
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +81,13 @@ def test_progressive_end_to_end_each_stage_starts_from_the_last(tmp_path: Path, 
     assert metrics["method"] == "progressive" and metrics["weight_bits"] == 2 and metrics["act_bits"] == 8
     assert metrics["epochs"] == pytest.approx(1.0)
     assert metrics["train_examples"] == sum(s["train_examples"] for s in metrics["stages"])
-    order = ["1-w8", "2-w4", "3-w2", "sst2-progressive"]
+    order = ["1-w8", "2-w4", "3-w2", "sst2-bert-tiny-progressive"]
     for prev, nxt in zip(order, order[1:]):
         trained, start = snapshots[prev][1].state_dict(), snapshots[nxt][0].state_dict()
         weights = [k for k in start if k.endswith(("weight", "bias"))]
         assert all(torch.equal(start[k], trained[k]) for k in weights), (prev, nxt)
     assert snapshots["1-w8"][0].state_dict()["bert.encoder.layer.0.output.dense.bits"].unique().tolist() == [8]
-    out = tmp_path / "runs" / "sst2-progressive"
+    out = tmp_path / "runs" / "sst2-bert-tiny-progressive"
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert BitAssignment.from_json(out / "bits.json").act_bits == 8
     assert BitAssignment.from_json(out / "2-w4" / "bits.json").act_bits == 32
@@ -101,7 +101,7 @@ def test_progressive_end_to_end_each_stage_starts_from_the_last(tmp_path: Path, 
 def test_binarybert_end_to_end_split_is_equivalent(tmp_path: Path, teacher: Path, glue_dir: Path,
                                                    snapshots: dict) -> None:
     metrics = qat_app(_cfg("binarybert", tmp_path, teacher, glue_dir), command="test")
-    ternary, binary = snapshots["1-ternary"][1].eval(), snapshots["sst2-binarybert"][0].eval()
+    ternary, binary = snapshots["1-ternary"][1].eval(), snapshots["sst2-bert-tiny-binarybert"][0].eval()
     assert isinstance(binary.get_submodule("bert.encoder.layer.0.intermediate.dense"), TwinQuantLinear)
     ids = torch.randint(0, 1000, (4, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_qbert_end_to_end_meets_the_budget(tmp_path: Path, teacher: Path, glue_d
     cfg = _cfg("qbert", tmp_path, teacher, glue_dir, "budget.kind=avg_bits", "budget.value=5",
                "mixed.batches=2", "mixed.probes=1")
     metrics = qat_app(cfg, command="test")
-    out = tmp_path / "runs" / "sst2-qbert-avg_bits5.0"
+    out = tmp_path / "runs" / "sst2-bert-tiny-qbert-avg_bits5.0"
     bits = BitAssignment.from_json(out / "bits.json")
     assert metrics["method"] == "qbert-avg_bits5.0" and metrics["unit_bits"] == bits.meta["unit_bits"]
     assert metrics["encoder_bytes"] == bits.meta["encoder_bytes"] <= bits.meta["target_bytes"]

@@ -1,0 +1,80 @@
+"""How every entry point reports a user's mistake: one line naming the fix, a non-zero exit, no traceback.
+
+A missing file, a malformed row, an infeasible budget, an unknown option or a loss that turned NaN is the
+user's to fix, not a crash of amqs: the traceback only hides the one line that matters. ``AMQS_DEBUG=1``
+(or Hydra's ``HYDRA_FULL_ERROR=1``) shows the traceback again.
+
+Example::
+
+    def main(argv=None):
+        with user_errors("amqs-export"):
+            export_run(...)
+
+    $ amqs-export results/runs/nope --out x
+    amqs-export: results/runs/nope: no such run folder
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from omegaconf.errors import OmegaConfBaseException
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A mistake in the user's input or setup; its message says what to change."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from amqs.train.loop import NonFiniteLossError  # torch is imported lazily, after argument parsing
+
+    return (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
+            IsADirectoryError, NotImplementedError, NonFiniteLossError, OmegaConfBaseException)
+
+
+def debug_enabled() -> bool:
+    """Whether tracebacks were asked for (``AMQS_DEBUG=1`` or ``HYDRA_FULL_ERROR=1``)."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("AMQS_DEBUG", "HYDRA_FULL_ERROR"))
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message keeps its first line and says how many follow).
+
+    Example:
+        >>> one_line(FileNotFoundError("x.tsv not found"))
+        'x.tsv not found'
+        >>> one_line(KeyError("model"))
+        "KeyError: 'model'"
+    """
+    text = str(error).strip() if not isinstance(error, KeyError) else f"KeyError: {error}"
+    if isinstance(error, OmegaConfBaseException):
+        text = text.splitlines()[0] if text else type(error).__name__
+    return " ".join(text.split()) or type(error).__name__
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Turn user errors raised inside into ``prog: message`` on stderr and exit status 2.
+
+    A KeyboardInterrupt exits with 130 and says that the same command resumes. Anything else (a bug)
+    keeps its traceback.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print(f"{prog}: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except _user_error_types() as e:
+        if debug_enabled():
+            raise
+        print(f"{prog}: {one_line(e)}  (AMQS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
