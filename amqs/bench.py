@@ -35,7 +35,7 @@ import torch
 
 from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, load_session
 
-BENCH_COLUMNS = ("model", "runtime", "batch", "length", "threads", "p50_ms", "p90_ms", "mean_ms",
+BENCH_COLUMNS = ("model", "runtime", "batch", "length", "threads", "cpu", "p50_ms", "p90_ms", "mean_ms",
                  "speedup_vs_ort_fp32", "speedup_vs_ort_int8", "file_bytes", "removed_ffn_fraction",
                  "dev_accuracy")
 
@@ -103,53 +103,77 @@ def dev_accuracy(export_dir: Path, data_cfg, threads: int) -> float:
 
 def run_bench(fp32_run: Path, models: dict[str, Path], *, out: Path, work: Path, shapes: Sequence[tuple[int, int]],
               threads: int, warmup: int, rounds: int, evaluate: bool, command: str) -> pd.DataFrame:
-    from amqs.export.app import export_model, load_run
+    """``amqs-bench``: the fp32 run's model (PyTorch, ORT fp32, ORT int8) against ``models``, into ``out``."""
+    from amqs.export.app import load_run
 
     torch.set_num_threads(threads)
     student, tokenizer, cfg, assignment, _ = load_run(fp32_run)
     if assignment is not None:
         raise ValueError(f"--fp32-run {fp32_run} is a quantized run ({fp32_run}/bits.json); give the fp32 run")
+    df = bench_against_fp32(student, tokenizer, cfg.data, models, work=work, shapes=shapes, threads=threads,
+                            warmup=warmup, rounds=rounds, evaluate=evaluate, source=str(fp32_run))
+    write_report(df, out, threads=threads, warmup=warmup, rounds=rounds, command=command)
+    return df
+
+
+def bench_against_fp32(fp32_model: torch.nn.Module, tokenizer, data_cfg, models: dict[str, Path], *, work: Path,
+                       shapes: Sequence[tuple[int, int]], threads: int, warmup: int, rounds: int, evaluate: bool,
+                       source: str = "") -> pd.DataFrame:
+    """Time ``fp32_model`` in PyTorch, its ONNX export (ORT fp32), ORT's int8 recipe of that export and the
+    export folders ``models``, interleaved, at every shape; with ``evaluate`` every ONNX model's dev accuracy."""
+    from amqs.export.app import export_model
+
+    torch.set_num_threads(threads)
     fp32_dir = work / "ort-fp32"
-    export_model(student, tokenizer, fp32_dir, task=cfg.data.task, max_length=int(cfg.data.max_length),
-                 meta={"source_run": str(fp32_run)})
+    export_model(fp32_model, tokenizer, fp32_dir, task=data_cfg.task, max_length=int(data_cfg.max_length),
+                 meta={"source_run": source})
     int8_dir = quantize_int8_dynamic(fp32_dir, work / "ort-int8-dynamic")
     dirs = {"ort-fp32": fp32_dir, "ort-int8-dynamic": int8_dir, **models}
     sessions = {name: load_session(d / MODEL_FILE, threads) for name, d in dirs.items()}
-    vocab = student.config.vocab_size
     rows = []
     for batch, length in shapes:
-        rng = np.random.default_rng(0)
-        ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(batch, length)).astype(np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        feed = _random_feed(batch, length, fp32_model.config.vocab_size)
         tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
 
         def torch_run() -> object:
             with torch.inference_mode():
-                return student(**tfeed).logits
+                return fp32_model(**tfeed).logits
 
         runners: dict[str, Callable[[], object]] = {"pytorch-fp32": torch_run}
         for name, sess in sessions.items():
             runners[name] = (lambda s=sess: s.run(["logits"], feed))
         times = time_interleaved(runners, warmup, rounds)
-        p50 = {n: float(np.percentile(t, 50)) for n, t in times.items()}
-        for name, t in times.items():
-            meta = json.loads((dirs[name] / EXPORT_FILE).read_text()) if name in dirs else {}
-            rows.append({
-                "model": name, "runtime": "pytorch" if name == "pytorch-fp32" else "onnxruntime",
-                "batch": batch, "length": length, "threads": threads,
-                "p50_ms": round(1000 * p50[name], 3), "p90_ms": round(1000 * float(np.percentile(t, 90)), 3),
-                "mean_ms": round(1000 * float(np.mean(t)), 3),
-                "speedup_vs_ort_fp32": round(p50["ort-fp32"] / p50[name], 3),
-                "speedup_vs_ort_int8": round(p50["ort-int8-dynamic"] / p50[name], 3),
-                "file_bytes": meta.get("file_bytes"), "removed_ffn_fraction": meta.get("removed_ffn_fraction"),
-                "dev_accuracy": None,
-            })
+        rows += _rows(times, dirs, batch, length, threads)
     df = pd.DataFrame(rows, columns=list(BENCH_COLUMNS))
     if evaluate:
-        acc = {name: dev_accuracy(d, cfg.data, threads) for name, d in dirs.items()}
+        acc = {name: dev_accuracy(d, data_cfg, threads) for name, d in dirs.items()}
         df["dev_accuracy"] = df["model"].map(acc)
-    write_report(df, out, threads=threads, warmup=warmup, rounds=rounds, command=command)
     return df
+
+
+def _random_feed(batch: int, length: int, vocab: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(batch, length)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def _rows(times: dict[str, list[float]], dirs: dict[str, Path], batch: int, length: int, threads: int) -> list[dict]:
+    """One row per model: p50/p90/mean in ms and p50 speed-ups against ORT fp32 and ORT int8."""
+    p50 = {n: float(np.percentile(t, 50)) for n, t in times.items()}
+    rows = []
+    for name, t in times.items():
+        meta = json.loads((dirs[name] / EXPORT_FILE).read_text()) if name in dirs else {}
+        rows.append({
+            "model": name, "runtime": "pytorch" if name == "pytorch-fp32" else "onnxruntime",
+            "batch": batch, "length": length, "threads": threads, "cpu": cpu_name(),
+            "p50_ms": round(1000 * p50[name], 3), "p90_ms": round(1000 * float(np.percentile(t, 90)), 3),
+            "mean_ms": round(1000 * float(np.mean(t)), 3),
+            "speedup_vs_ort_fp32": round(p50["ort-fp32"] / p50[name], 3),
+            "speedup_vs_ort_int8": round(p50["ort-int8-dynamic"] / p50[name], 3),
+            "file_bytes": meta.get("file_bytes"), "removed_ffn_fraction": meta.get("removed_ffn_fraction"),
+            "dev_accuracy": None,
+        })
+    return rows
 
 
 def write_report(df: pd.DataFrame, out: Path, *, threads: int, warmup: int, rounds: int, command: str) -> None:
@@ -180,7 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--eval", action="store_true", help="also report every model's dev accuracy")
-    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--out", type=Path, default=Path("outputs/bench"),
+                   help="folder of bench.csv/bench.md (default outputs/bench; the measured table: --out results)")
     p.add_argument("--work", type=Path, default=Path("exports/bench"), help="where the baselines are exported")
     args = p.parse_args(argv)
     models = {}

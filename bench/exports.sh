@@ -8,7 +8,7 @@ RUNS="${RUNS:-sst2-w8a8 sst2-w4a8 sst2-w2a8 sst2-default-compression16.2 sst2-aq
 models=()
 for r in $RUNS; do
   if [ -d "results/runs/$r" ]; then
-    amqs-export "results/runs/$r" --out "exports/$r" --threads "${THREADS:-1}"
+    amqs-export "results/runs/$r" --out "exports/$r" --threads "${THREADS:-1}" --results results
     models+=(--model "$r=exports/$r")
   else
     echo "skipping $r: results/runs/$r does not exist" >&2
@@ -16,5 +16,5 @@ for r in $RUNS; do
 done
 python -m amqs.report.tables results/exports.csv --title "Exported models: size on disk and dev parity"
 if [ "${BENCH:-1}" = 1 ]; then
-  amqs-bench --fp32-run results/runs/sst2-fp32 "${models[@]}" --threads "${THREADS:-1}" --rounds "${ROUNDS:-30}" --eval
+  amqs-bench --fp32-run results/runs/sst2-fp32 "${models[@]}" --threads "${THREADS:-1}" --rounds "${ROUNDS:-30}" --eval --out results
 fi

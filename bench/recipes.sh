@@ -9,11 +9,16 @@
 # Resumable: rerun after a kill (finished runs and stages are reused, a killed one resumes).
 set -euo pipefail
 export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
+# The measured tables live in results/ (runs default to the git-ignored outputs/), under the run names they
+# were recorded with (before run names carried the model).
+RESULTS="paths.results_dir=results"
+QAT_NAME='name=${data.task}-${quant.name}'
+SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
 for r in ${RECIPES:-q8bert qbert ternarybert binarybert kdlsq progressive}; do
-  amqs-qat recipe=$r $BUDGET
+  amqs-qat recipe=$r "$QAT_NAME" $RESULTS $BUDGET
 done
-amqs-search recipe=aqbert search.epochs=0.5 $BUDGET      # also a row of results/search.csv
+amqs-search recipe=aqbert 'name=${data.task}-recipe-aqbert-${budget.kind}${budget.value}' $RESULTS search.epochs=0.5 $BUDGET      # also a row of results/search.csv
 python bench/record_search.py results/runs/sst2-recipe-aqbert-*/
 
 # MRPC: Q8BERT, TernaryBERT and the searched configuration that did best on SST-2 search-val at ~15x (the
@@ -21,9 +26,9 @@ python bench/record_search.py results/runs/sst2-recipe-aqbert-*/
 # results/teachers.csv is the fp32 reference), 3 epochs; the search spends 1 epoch on the supernet first.
 MRPC="data=mrpc teacher=finetuned train.epochs=3 ${AMQS_EXTRA:-}"
 for r in q8bert ternarybert; do
-  amqs-qat recipe=$r $MRPC
+  amqs-qat recipe=$r "$QAT_NAME" $RESULTS $MRPC
 done
-amqs-search search.space=ternary distill=hidden budget=c16_2 search.epochs=1 $MRPC
+amqs-search search.space=ternary distill=hidden budget=c16_2 search.epochs=1 "$SEARCH_NAME" $RESULTS $MRPC
 python bench/record_search.py results/runs/mrpc-ternary-compression16.2 --method search-ternary-compression16.2
 python bench/record_search.py results/runs/sst2-ternary-compression16.2 --method search-ternary-compression16.2
 

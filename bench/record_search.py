@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from amqs.qat import record
+from amqs.utils.run import relative_run
 
 
 def main() -> None:
@@ -26,8 +27,9 @@ def main() -> None:
         top = json.loads((run / "metrics.json").read_text())
         retrain = json.loads((run / "retrain" / "metrics.json").read_text())
         method = args.method or run.name.removeprefix(f"{top['task']}-").removeprefix("recipe-")
-        record(retrain, args.results, method=method, command=top["command"],
-               epochs=f"search {top['search_epochs']} + retrain {top['retrain_epochs']}")
+        record(retrain, args.results, run=relative_run(run, args.results), method=method, command=top["command"],
+               epochs=f"search {top['search_epochs']} + retrain {top['retrain_epochs']}", seconds=top["seconds"],
+               config_hash=top["config_hash"])
         print(f"{run}: {method} dev {retrain['dev_accuracy']:.4f} at {retrain['compression']}x")
 
 

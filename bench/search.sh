@@ -6,13 +6,18 @@
 # SST-2 teacher (../shared/models/minilm-l6-sst2) with logit distillation. Resumable.
 set -euo pipefail
 export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
+# The measured tables live in results/ (runs default to the git-ignored outputs/), under the run names they
+# were recorded with (before run names carried the model).
+RESULTS="paths.results_dir=results"
+QAT_NAME='name=${data.task}-${quant.name}'
+SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 search.epochs=0.5 train.epochs=1 ${AMQS_EXTRA:-}"
 for b in ${BUDGETS:-c16_2 c13 c10_8}; do
-  amqs-search budget=$b $BUDGET
+  amqs-search budget=$b "$SEARCH_NAME" $RESULTS $BUDGET
 done
 # The ternary space (search_spaces/ternary.yaml: removable heads / FFN blocks, TWN 2-bit) with hidden-state
 # distillation, TernaryBERT's quantizer and loss, at TernaryBERT's size.
 for b in ${TERNARY_BUDGETS:-c16_2}; do
-  amqs-search search.space=ternary distill=hidden budget=$b $BUDGET
+  amqs-search search.space=ternary distill=hidden budget=$b "$SEARCH_NAME" $RESULTS $BUDGET
 done
 python -m amqs.report.search results

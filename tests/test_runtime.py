@@ -61,7 +61,7 @@ def tiny_exports(tmp_path_factory: pytest.TempPathFactory, glue_dir: Path) -> Ti
                      "bert.encoder.layer.0.intermediate.dense": inter,
                      "bert.encoder.layer.1.output.dense": [(2, 8)[i % 2] for i in range(64)]})
     run_qat(cfg, a)
-    run_qat(compose_cfg("qat", overrides + ["quant=fp32"]))
+    run_qat(compose_cfg("qat", overrides + ["quant=fp32", "name=sst2-fp32"]))
     runs = root / "runs"
     facts = export_run(runs / "sst2-mixed", root / "exports" / "mixed", threads=1, results_dir=root, command="test")
     export_run(runs / "sst2-fp32", root / "exports" / "fp32", evaluate=False, results_dir=root)

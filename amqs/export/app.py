@@ -32,7 +32,7 @@ from amqs.utils.run import git_revision, upsert_csv, write_json
 
 log = logging.getLogger("amqs.export")
 
-EXPORT_COLUMNS = ("task", "source", "compression", "pruned_fraction", "file_bytes", "accounted_bytes",
+EXPORT_COLUMNS = ("task", "source", "export", "compression", "pruned_fraction", "file_bytes", "accounted_bytes",
                   "encoder_stored_bytes", "encoder_accounted_bytes", "dev_accuracy_fakequant", "dev_accuracy_exported",
                   "max_logit_diff", "median_logit_diff", "prediction_agreement", "removed_ffn_fraction",
                   "removed_heads", "command")
@@ -149,7 +149,7 @@ def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threa
 
 
 def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned: bool = True,
-               threads: Optional[int] = None, results_dir: Optional[Path] = Path("results"),
+               threads: Optional[int] = None, results_dir: Optional[Path] = Path("outputs"),
                command: str = "") -> dict[str, Any]:
     t0 = time.time()
     student, tokenizer, cfg, assignment, run_metrics = load_run(run_dir)
@@ -170,7 +170,8 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
     write_json(Path(out) / "metrics.json", {"run": run_metrics, "export": facts, "parity": parity,
                                              "seconds": round(time.time() - t0, 1)})
     if evaluate and results_dir is not None:
-        row = {"task": cfg.data.task, "source": str(run_dir), "compression": run_metrics.get("compression"),
+        row = {"task": cfg.data.task, "source": str(run_dir), "export": str(out),
+               "compression": run_metrics.get("compression"),
                "pruned_fraction": round(facts["pruned_fraction"], 4), "file_bytes": facts["file_bytes"],
                "accounted_bytes": facts["accounted_bytes"], "encoder_stored_bytes": facts["encoder_stored_bytes"],
                "encoder_accounted_bytes": facts["encoder_accounted_bytes"],
@@ -179,7 +180,7 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
                "median_logit_diff": parity["median_logit_diff"], "prediction_agreement": parity["prediction_agreement"],
                "removed_ffn_fraction": round(facts["removed_ffn_fraction"], 4),
                "removed_heads": sum(len(v) for v in facts["removed_heads"].values()), "command": command}
-        upsert_csv(Path(results_dir) / "exports.csv", row, key=("task", "source"), columns=EXPORT_COLUMNS)
+        upsert_csv(Path(results_dir) / "exports.csv", row, key=("source", "export"), columns=EXPORT_COLUMNS)
     return {**facts, **parity}
 
 
@@ -191,7 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--keep-pruned", action="store_true",
                    help="store pruned neurons/heads as zero rows instead of removing them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the parity check")
-    p.add_argument("--results", type=Path, default=Path("results"), help="where exports.csv is updated")
+    p.add_argument("--results", type=Path, default=Path("outputs"),
+                   help="folder of the exports.csv row (default outputs/; the measured table: --results results)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -48,27 +49,34 @@ class _Killed(Exception):
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=1.5, lr=1e-3, progress=False, checkpoint_every=3)  # 12 steps, 8 per epoch
+    """Killed between checkpoints and restarted: the same weights bit for bit (dropout on, so the RNG matters),
+    and the log holds every logged step once."""
+    cfg = TrainConfig(epochs=1.5, lr=1e-3, progress=False, checkpoint_every=3, log_every=1)  # 12 steps, 8 per epoch
     model, _, loader = _setup()
-    fit(model, loader, cfg)
+    fit(model, loader, cfg, log_file=tmp_path / "reference.jsonl")
     reference = {k: v.clone() for k, v in model.state_dict().items()}
 
     model, _, loader = _setup()
     calls = {"n": 0}
 
-    def dies_at_step_10(m, batch):
+    def dies_at_step_11(m, batch):
         calls["n"] += 1
-        if calls["n"] == 10:
+        if calls["n"] == 11:
             raise _Killed
         return m(**batch).loss
 
+    log_file = tmp_path / "log.jsonl"
     with pytest.raises(_Killed):
-        fit(model, loader, cfg, loss_fn=dies_at_step_10, ckpt_dir=tmp_path)
+        fit(model, loader, cfg, loss_fn=dies_at_step_11, ckpt_dir=tmp_path / "ckpt", log_file=log_file)
+    assert len(log_file.read_text().splitlines()) == 10  # step 10 was logged; the checkpoint is at step 9
     model, _, loader = _setup(init_seed=123)  # a fresh process: same config, other init and RNG
-    result = fit(model, loader, cfg, ckpt_dir=tmp_path)
+    result = fit(model, loader, cfg, ckpt_dir=tmp_path / "ckpt", log_file=log_file)
     assert result.resumed_from_step == 9
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, reference[k], rtol=0, atol=1e-6, msg=k)
+        assert torch.equal(v, reference[k]), k
+    steps = [json.loads(line)["step"] for line in log_file.read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    assert log_file.read_text().splitlines()[-1] == (tmp_path / "reference.jsonl").read_text().splitlines()[-1]
 
 
 def test_nan_loss_fails_clearly_and_keeps_checkpoint(tmp_path: Path) -> None:
