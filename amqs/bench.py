@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import shutil
 import sys
@@ -68,8 +69,13 @@ def quantize_int8_dynamic(fp32_dir: Path, out_dir: Path) -> Path:
     for f in fp32_dir.iterdir():
         if f.is_file() and f.name != MODEL_FILE:
             shutil.copyfile(f, out_dir / f.name)
-    quantize_dynamic(str(fp32_dir / MODEL_FILE), str(out_dir / MODEL_FILE), per_channel=True,
-                     weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # ORT's quantizer logs every tensor it skips at INFO
+    try:
+        quantize_dynamic(str(fp32_dir / MODEL_FILE), str(out_dir / MODEL_FILE), per_channel=True,
+                         weight_type=QuantType.QInt8)
+    finally:
+        root.level = level
     meta = json.loads((out_dir / EXPORT_FILE).read_text())
     meta.update(file_bytes=(out_dir / MODEL_FILE).stat().st_size,
                 onnxruntime_ops="onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)")

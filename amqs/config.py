@@ -299,6 +299,24 @@ class OuterConfig:
 
 
 @dataclass
+class PipelineSettings:
+    """What ``amqs-pipeline`` adds around one search (amqs.pipeline): the teacher it may have to make, the
+    export and the side-by-side latency benchmark."""
+
+    # teacher=auto finds none (amqs.train.qat.resolve_teacher): fine-tune one, holding search-val out, for
+    # this many epochs over at most this many train rows (null: the search's own, data.max_train_examples).
+    teacher_epochs: float = 1.0
+    teacher_max_train_examples: Optional[int] = None
+    export: bool = True  # amqs-export of the retrained model (with the dev parity check)
+    bench: bool = True  # amqs-bench: PyTorch fp32, ORT fp32, ORT int8 and the export, interleaved
+    bench_threads: list[int] = field(default_factory=lambda: [1])
+    bench_shapes: list[str] = field(default_factory=lambda: ["1x128", "8x128"])  # BATCHxLENGTH
+    bench_warmup: int = 5
+    bench_rounds: int = 30
+    bench_eval: bool = True  # dev accuracy of every benchmarked ONNX model
+
+
+@dataclass
 class SearchConfig(QatRunConfig):
     """Root schema of ``amqs-search``: search -> derive -> retrain -> evaluate for one budget.
 
@@ -311,6 +329,7 @@ class SearchConfig(QatRunConfig):
     name: str = "${data.task}-${model.name}-${search.space}-${budget.kind}${budget.value}"
     reinit: bool = False  # retrain from the pretrained encoder (AQ-BERT) instead of the teacher's weights
     outer: Optional[OuterConfig] = None  # set (outer=optuna): run an Optuna study instead of one budget
+    pipeline: Optional[PipelineSettings] = None  # set by amqs-pipeline (conf/pipeline.yaml)
 
 
 def group_option(group: str, key: str, value: Any) -> Optional[str]:

@@ -44,6 +44,7 @@ from amqs.outer.pruning import ProgressReporter, make_pruner
 from amqs.outer.space import ParamSpace, parse_space
 from amqs.search.run import run_search
 from amqs.train.loop import NonFiniteLossError
+from amqs.train.qat import resolve_teacher
 from amqs.utils.run import config_hash, fingerprint, save_config, write_json
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ OBJECTIVES: dict[str, str] = {
     "total_bytes": "minimize",
     "latency_ms": "minimize",
 }
-NOT_YET = {"latency_ms": "measured latency needs the ONNX Runtime exporter, which does not exist yet "
-                         "(README, Status); use encoder_bytes or total_bytes"}
+NOT_YET = {"latency_ms": "a trial's latency would need a latency model of the ONNX Runtime export for every "
+                         "derived architecture, which amqs does not have yet (amqs-bench times finished exports); "
+                         "use encoder_bytes or total_bytes"}
 # Run metrics stored on every finished trial (user attributes; dev is reported, never selected on).
 REPORTED = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "encoder_bytes", "total_bytes",
             "fp32_encoder_bytes", "compression", "total_compression", "avg_bits", "pruned_fraction",
@@ -149,19 +151,12 @@ def make_sampler(cfg: DictConfig | Any, seed: int | None) -> optuna.samplers.Bas
     raise ValueError(f"outer.sampler.name={cfg.name!r}; must be one of ['tpe', 'nsga2', 'random']")
 
 
-def resolve_teacher(cfg: DictConfig) -> str:
-    """The teacher every trial distils from: an absolute folder, or a hub id. Fails clearly when missing."""
-    source = str(cfg.teacher.source)
+def pinned_teacher(cfg: DictConfig) -> str:
+    """The teacher every trial distils from, pinned: an absolute folder, or a hub id. A study does not fine-tune
+    its teacher: a missing one fails with the amqs-finetune command that makes it (before the first trial)."""
+    source = resolve_teacher(cfg)
     path = Path(source).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if source.startswith((".", "/", "~")) or "/" in source:  # a path, as amqs.train.qat.load_teacher reads it
-        raise FileNotFoundError(
-            f"teacher.source={source!r} does not exist. A study does not fine-tune its teacher: make it once "
-            "with amqs-finetune and the same model/data settings (e.g. `amqs-finetune debug=smoke` before "
-            "`amqs-search outer=optuna debug=smoke`), or use teacher=shared_sst2."
-        )
-    return source
+    return str(path.resolve()) if path.is_dir() else source
 
 
 def base_config(cfg: DictConfig, teacher: str) -> DictConfig:
@@ -293,7 +288,7 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
     make_pruner(outer.pruner, len(objectives))
     if outer.n_trials < 1:
         raise ValueError(f"outer.n_trials must be >= 1, got {outer.n_trials}")
-    setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, resolve_teacher(cfg)), command)
+    setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, pinned_teacher(cfg)), command)
     setup.dir.mkdir(parents=True, exist_ok=True)
     study = _open(cfg, setup)
     save_config(cfg, setup.dir / "config.yaml")
@@ -328,4 +323,4 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
 
 
 __all__ = ["OBJECTIVES", "REPORTED", "StudySetup", "base_config", "make_sampler", "make_storage", "resolve_objectives",
-           "resolve_teacher", "run_study", "study_dir", "trial_config", "trial_name"]
+           "pinned_teacher", "run_study", "study_dir", "trial_config", "trial_name"]

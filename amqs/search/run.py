@@ -242,7 +242,7 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
     total_bits, avg_bits = weight_bits_of(assignment)
     meta = assignment.meta
     metrics = {
-        **{k: retrain[k] for k in ("task", "teacher", "encoder_bytes", "total_bytes", "fp32_encoder_bytes",
+        **{k: retrain[k] for k in ("task", "teacher", "encoder_bytes", "total_bytes", "fp32_encoder_bytes", "fp32_total_bytes",
                                    "compression", "total_compression", "dev_accuracy", "dev_f1", "dev_accuracy_ptq",
                                    "search_val_accuracy", "search_val_f1", "train_examples")},
         "space": meta["space"], "budget_kind": cfg.budget.kind, "budget_value": cfg.budget.value,

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -49,12 +50,39 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 def load_teacher(cfg: DictConfig, num_labels: int):
-    """The fp32 teacher named by ``cfg.teacher.source``; a clear error says how to make one."""
-    source = cfg.teacher.source
-    if not Path(source).is_dir() and (source.startswith((".", "/", "~")) or "/" in source):
+    """The fp32 teacher named by ``cfg.teacher.source`` (:func:`resolve_teacher`)."""
+    return load_classifier(ModelConfig(name=cfg.model.name, source=resolve_teacher(cfg)), num_labels)
+
+
+AUTO_TEACHER = "auto"
+
+
+def teacher_candidates(cfg: DictConfig) -> list[Path]:
+    """Where ``teacher=auto`` looks, best first: the shared teachers ($AMQS_SHARED_DIR or ../shared), held out
+    from search-val first, then the ones amqs-finetune wrote under ``paths.results_dir``."""
+    name = f"{cfg.model.name}-{cfg.data.task}"
+    shared = Path(os.environ.get("AMQS_SHARED_DIR", "../shared")) / "models"
+    teachers = Path(cfg.paths.results_dir) / "teachers"
+    return [shared / f"{name}-heldout", shared / name, teachers / f"{name}-heldout" / "model",
+            teachers / name / "model"]
+
+
+def resolve_teacher(cfg: DictConfig) -> str:
+    """The teacher's folder or hub id: ``auto`` picks the first of :func:`teacher_candidates` that exists; a
+    path that does not exist fails with the command that makes it."""
+    source = str(cfg.teacher.source)
+    if source == AUTO_TEACHER:
+        found = next((p for p in teacher_candidates(cfg) if (p / "config.json").is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"teacher=auto found no teacher for {cfg.model.name} on {cfg.data.task} (looked "
+                                    f"in {', '.join(map(str, teacher_candidates(cfg)))}): make one with "
+                                    f"`{finetune_command(cfg)} train.use_search_val=false`, or run amqs-pipeline, "
+                                    "which fine-tunes it")
+        return str(found)
+    if not Path(source).expanduser().is_dir() and (source.startswith((".", "/", "~")) or "/" in source):
         raise FileNotFoundError(f"teacher.source={source} does not exist: make it with `{finetune_command(cfg)}`, "
                                 "or choose another teacher (teacher=shared_sst2: ../shared/models/minilm-l6-sst2)")
-    return load_classifier(ModelConfig(name=cfg.model.name, source=source), num_labels)
+    return source
 
 
 def finetune_command(cfg: DictConfig) -> str:
@@ -63,15 +91,20 @@ def finetune_command(cfg: DictConfig) -> str:
     Example:
         >>> from omegaconf import OmegaConf
         >>> finetune_command(OmegaConf.create({"model": {"name": "bert-tiny"}, "data": {"task": "mrpc"},
-        ...     "paths": {"results_dir": "outputs"}, "teacher": {"source": "outputs/teachers/bert-tiny-mrpc/model"}}))
+        ...     "smoke": False, "paths": {"results_dir": "outputs"}, "teacher": {"source": "x/model"}}))
         'amqs-finetune model=bert_tiny data=mrpc'
     """
-    model = group_option("model", "name", cfg.model.name)
-    parts = ["amqs-finetune", f"model={model}" if model else f"model.source=<{cfg.model.name}> model.name={cfg.model.name}",
-             f"data={cfg.data.task}"]
+    parts = ["amqs-finetune"]
+    if cfg.get("smoke"):
+        parts.append("debug=smoke")
+    else:
+        model = group_option("model", "name", cfg.model.name)
+        parts.append(f"model={model}" if model else f"model.source=<its source> model.name={cfg.model.name}")
+    parts.append(f"data={cfg.data.task}")
     if str(cfg.teacher.source).rstrip("/").endswith("-heldout/model"):
         parts.append("train.use_search_val=false")
-    if Path(cfg.paths.results_dir) != Path(PathsConfig.results_dir):
+    default_dir = "outputs/smoke" if cfg.get("smoke") else PathsConfig.results_dir
+    if Path(cfg.paths.results_dir) != Path(default_dir):
         parts.append(f"paths.results_dir={cfg.paths.results_dir}")
     return " ".join(parts)
 

@@ -46,7 +46,7 @@ def fingerprint(obj: Any) -> str:
 
 
 # Settings that change where or how verbosely a run works, not what it computes.
-_NOT_HASHED = ("paths", "overwrite", "device", "name", "eval_search_val", "smoke",
+_NOT_HASHED = ("paths", "overwrite", "device", "name", "eval_search_val", "smoke", "pipeline",
                "assignment")  # an assignment file is fingerprinted by its content (amqs.train.qat)
 _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress", "eval_batch_size")
 

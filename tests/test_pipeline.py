@@ -1,0 +1,59 @@
+"""amqs-pipeline end to end on the tiny BERT, and the teacher it picks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from amqs.pipeline import run as pipeline
+from amqs.train.qat import resolve_teacher
+from tests.conftest import compose_cfg
+
+
+def _cfg(tmp_path: Path, glue_dir: Path, *more: str):
+    return compose_cfg("pipeline", ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}",
+                                    "pipeline.bench_rounds=2", "pipeline.bench_warmup=1", "pipeline.bench_shapes=[1x16]",
+                                    "train.num_threads=1", *more])
+
+
+@pytest.mark.slow
+def test_pipeline_makes_teacher_search_export_bench_and_report(tmp_path: Path, glue_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQS_SHARED_DIR", str(tmp_path / "no-shared"))
+    state = pipeline(_cfg(tmp_path, glue_dir), command="test")
+    assert state["teacher"]["fine_tuned_here"] and state["teacher"]["source"].endswith("bert-tiny-sst2-heldout/model")
+    assert set(state["seconds"]) == {"teacher", "search", "export", "bench"}
+    s, e = state["search"], state["export"]
+    assert s["compression"] == pytest.approx(13.0, rel=0.06)
+    # the export is the retrained model: same predictions on dev, its packed bytes on disk
+    assert e["dev_accuracy_exported"] == e["dev_accuracy_fakequant"] == s["dev_accuracy"]
+    assert Path(e["dir"], "model.onnx").stat().st_size == e["file_bytes"]
+    models = {r["model"] for r in state["bench"]}
+    assert models == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "searched"}
+    report = (tmp_path / "REPORT.md").read_text()
+    assert f"**{s['compression']:.2f}x**" in report and "ort-int8-dynamic" in report
+    assert (tmp_path / "bits.png").stat().st_size > 0
+    assert json.loads((tmp_path / "pipeline.json").read_text())["search"] == s
+    again = pipeline(_cfg(tmp_path, glue_dir), command="test")  # resumes: the teacher and the run are reused
+    assert not again["teacher"]["fine_tuned_here"] and again["search"] == s
+
+
+def test_auto_teacher_prefers_the_shared_held_out_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose_cfg("pipeline", [f"paths.results_dir={tmp_path / 'out'}"])
+    assert cfg.teacher.source == "auto"
+    monkeypatch.setenv("AMQS_SHARED_DIR", str(tmp_path / "shared"))
+    with pytest.raises(FileNotFoundError, match="teacher=auto found no teacher for minilm-l6 on sst2"):
+        resolve_teacher(cfg)
+    for folder in ("shared/models/minilm-l6-sst2", "out/teachers/minilm-l6-sst2-heldout/model",
+                   "shared/models/minilm-l6-sst2-heldout"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+        assert resolve_teacher(cfg) == str(tmp_path / folder if "shared" in folder else
+                                           tmp_path / "shared/models/minilm-l6-sst2")
+
+
+def test_pipeline_refuses_a_study(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="runs one search"):
+        pipeline(compose_cfg("pipeline", ["outer=optuna", f"paths.results_dir={tmp_path}"]))
