@@ -1,6 +1,7 @@
 """``amqs-predict DIR --input FILE.tsv``: predict a GLUE-layout TSV with an exported model.
 
-Writes ``index<TAB>prediction<TAB>logit_0<TAB>logit_1...`` (default: ``FILE.predictions.tsv``)
+Writes ``index<TAB>prediction<TAB>logit_0<TAB>logit_1...`` (default: ``outputs/predictions/<FILE stem>.tsv``
+under the working directory, never beside the input)
 and, when the file has labels, prints the task's metrics. Files without the label column
 (GLUE's ``test.tsv`` layout) are accepted.
 """
@@ -17,6 +18,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from amqs.utils.cli import user_errors
+from amqs.utils.run import check_writable
+
+
+def default_output(input_file: Path) -> Path:
+    """``outputs/predictions/<input stem>.tsv``: inputs (a shared data folder, an export) are never written to."""
+    return Path("outputs") / "predictions" / f"{Path(input_file).stem}.tsv"
+
 
 def predict_file(export_dir: Path, input_file: Path, output: Optional[Path] = None, *, batch_size: int = 32,
                  threads: Optional[int] = None) -> dict:
@@ -28,7 +37,8 @@ def predict_file(export_dir: Path, input_file: Path, output: Optional[Path] = No
     ds = read_glue_tsv(Path(input_file), model.task, allow_unlabeled=True)
     logits = model.predict_dataset(ds, batch_size=batch_size)
     preds = logits.argmax(-1)
-    output = Path(output) if output else Path(input_file).with_suffix(".predictions.tsv")
+    output = Path(output) if output else default_output(input_file)
+    check_writable(output)
     with output.open("w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(["index", "prediction"] + [f"logit_{i}" for i in range(logits.shape[1])])
@@ -46,15 +56,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="amqs-predict", description=__doc__.split("\n\n")[0])
     p.add_argument("export_dir", type=Path, help="a folder written by amqs-export")
     p.add_argument("--input", type=Path, required=True, help="GLUE-layout TSV (with or without labels)")
-    p.add_argument("--output", type=Path, default=None, help="predictions TSV (default: INPUT.predictions.tsv)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="predictions TSV (default: outputs/predictions/<INPUT stem>.tsv)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    try:
+    with user_errors("amqs-predict"):
         result = predict_file(args.export_dir, args.input, args.output, batch_size=args.batch_size,
                               threads=args.threads)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"amqs-predict: {e}") from e
     print(json.dumps(result), file=sys.stdout)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,15 @@ def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return header, np.array([int(r[1]) for r in body]), np.array([[float(v) for v in r[2:]] for r in body])
 
 
-def test_labelled_file_gives_accuracy_and_predictions(tiny: TinyExports, tmp_path: Path) -> None:
-    result = predict_file(tiny.quant_export, _labelled(tmp_path), batch_size=4, threads=1)
-    out = tmp_path / "dev.predictions.tsv"  # the default output next to the input
+def test_labelled_file_gives_accuracy_and_predictions(tiny: TinyExports, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = predict_file(tiny.quant_export, _labelled(data), batch_size=4, threads=1)
+    out = Path("outputs") / "predictions" / "dev.tsv"  # the default output: never beside the input
     assert result["output"] == str(out) and result["examples"] == len(SENTENCES)
+    assert sorted(p.name for p in data.iterdir()) == ["dev.tsv"]
     header, preds, logits = _read_predictions(out)
     assert header == ["index", "prediction", "logit_0", "logit_1"]
     assert logits.shape == (len(SENTENCES), 2)
@@ -79,16 +85,30 @@ def test_cli_prints_json(tiny: TinyExports, tmp_path: Path, capsys: pytest.Captu
     assert printed["output"] == str(out) and out.is_file() and 0.0 <= printed["accuracy"] <= 1.0
 
 
-def test_malformed_row_names_file_and_line(tiny: TinyExports, tmp_path: Path) -> None:
+def _exits_with_one_line(call, pattern: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        call()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.match(pattern, err), err
+
+
+def test_malformed_row_names_file_and_line(tiny: TinyExports, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = _write(tmp_path / "bad.tsv", "sentence\tlabel\ngood film\t1\nno label here\n")
     with pytest.raises(DataError, match=r"bad\.tsv:3: expected 2 tab-separated fields, got 1"):
         predict_file(tiny.quant_export, f)
-    with pytest.raises(SystemExit, match=r"amqs-predict: .*bad\.tsv:3:"):
-        predict_main([str(tiny.quant_export), "--input", str(f)])
-    assert not (tmp_path / "bad.predictions.tsv").exists()
+    _exits_with_one_line(lambda: predict_main([str(tiny.quant_export), "--input", str(f), "--output",
+                                               str(tmp_path / "bad.out.tsv")]), r"amqs-predict: .*bad\.tsv:3:", capsys)
+    assert not (tmp_path / "bad.out.tsv").exists()
 
 
-def test_missing_export_folder_fails_cleanly(tmp_path: Path) -> None:
+def test_missing_export_folder_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = _write(tmp_path / "dev.tsv", "sentence\tlabel\nok\t1\n")
-    with pytest.raises(SystemExit, match=r"amqs-predict: .*nothing: no such export folder"):
-        predict_main([str(tmp_path / "nothing"), "--input", str(f)])
+    _exits_with_one_line(lambda: predict_main([str(tmp_path / "nothing"), "--input", str(f)]),
+                         r"amqs-predict: .*nothing: no such export folder", capsys)
+
+
+def test_missing_input_file_names_the_file_not_the_data_setting(tiny: TinyExports, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _exits_with_one_line(lambda: predict_main([str(tiny.quant_export), "--input", str(tmp_path / "nope.tsv")]),
+                         r"amqs-predict: .*nope\.tsv: no such file  \(AMQS_DEBUG", capsys)

@@ -90,10 +90,7 @@ def read_glue_tsv(path: Path, task: TaskSpec, *, allow_unlabeled: bool = False) 
     ``index<TAB>sentence``) is accepted and every label is -1.
     """
     if not path.is_file():
-        raise DataError(
-            f"{path} not found: data.glue_dir (or env AMQS_GLUE_DIR) must point at a folder "
-            f"holding {task.glue_folder}/train.tsv and {task.glue_folder}/dev.tsv"
-        )
+        raise DataError(f"{path}: no such file")
     text_a: list[str] = []
     text_b: list[Optional[str]] = []
     labels: list[int] = []
@@ -128,8 +125,34 @@ def read_glue_tsv(path: Path, task: TaskSpec, *, allow_unlabeled: bool = False) 
     return datasets.Dataset.from_dict({"text_a": text_a, "text_b": text_b, "label": labels}, features=_FEATURES)
 
 
+HUB_HINT = ("set AMQS_GLUE_DIR (or data.glue_dir) to a local folder in the GLUE TSV layout "
+            "(<dir>/SST-2/train.tsv ...; on the build machines ../shared/data/glue)")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF hub answers a TCP connection within ``timeout`` seconds (datasets itself retries for ~30 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_hub(task: TaskSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
-    raw = datasets.load_dataset("glue", task.hub_config)
+    offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0") or \
+        os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if not offline and not _hub_reachable():
+        raise DataError(f"no data folder is set and the Hugging Face hub is unreachable from here: {HUB_HINT}, "
+                        "or HF_DATASETS_OFFLINE=1 to use a cached copy")
+    try:
+        raw = datasets.load_dataset("glue", task.hub_config)
+    except Exception as e:  # offline without a cached copy, a hub error ...
+        raise DataError(f"could not load glue/{task.hub_config} from the Hugging Face hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): {HUB_HINT}") from e
 
     def convert(split: datasets.Dataset) -> datasets.Dataset:
         cols = task.hub_text
@@ -156,6 +179,10 @@ def load_raw(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
     if not root.is_dir():
         raise DataError(f"data.glue_dir (or env AMQS_GLUE_DIR) = {glue_dir!r} is not a folder")
     folder = root / task.glue_folder
+    missing = [f.name for f in (folder / "train.tsv", folder / "dev.tsv") if not f.is_file()]
+    if missing:
+        raise DataError(f"{folder} has no {' or '.join(missing)}: data.glue_dir (or env AMQS_GLUE_DIR) = {glue_dir!r} "
+                        f"must hold {task.glue_folder}/train.tsv and {task.glue_folder}/dev.tsv (GLUE TSV layout)")
     return read_glue_tsv(folder / "train.tsv", task), read_glue_tsv(folder / "dev.tsv", task)
 
 

@@ -159,6 +159,40 @@ def pinned_teacher(cfg: DictConfig) -> str:
     return str(path.resolve()) if path.is_dir() else source
 
 
+def check_budget_range(space: ParamSpace, base: DictConfig) -> None:
+    """Every budget a trial may sample must be feasible for the search space: a range the space cannot meet fails
+    before the first trial (not in trial 0), naming the parameter and the feasible range.
+
+    Costs one load of the teacher and one supernet build (seconds), once per study.
+    """
+    params = {p.key: p for p in space.params if p.key in ("budget.value", "budget.kind")}
+    if "budget.value" not in params and "budget.kind" not in params:
+        return
+    from amqs.data.glue import get_task
+    from amqs.search.objective import Budget, resolve_budget
+    from amqs.search.space import load_space
+    from amqs.search.supernet import build_supernet
+    from amqs.train.qat import load_teacher
+
+    def ends(key: str, default: Any) -> list[Any]:
+        p = params.get(key)
+        if p is None:
+            return [default]
+        return list(p.choices) if p.type == "categorical" else [p.low, p.high]
+
+    space_def = load_space(base.search.space)
+    model, _ = load_teacher(base, get_task(base.data.task).num_labels)
+    build_supernet(model, space_def)
+    for kind in ends("budget.kind", base.budget.kind):
+        for value in ends("budget.value", base.budget.value):
+            try:
+                resolve_budget(Budget(str(kind), float(value)), model, space_def.encoder_prefix)
+            except ValueError as e:
+                name = (params.get("budget.value") or params["budget.kind"]).name
+                raise ValueError(f"outer.params.{name}: a trial could sample {kind}={value}, which the "
+                                 f"{base.search.space} space cannot meet: {e}") from None
+
+
 def base_config(cfg: DictConfig, teacher: str) -> DictConfig:
     """The resolved config of one run (interpolations pinned before each trial moves ``paths``)."""
     base = copy.deepcopy(cfg)
@@ -289,6 +323,7 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
     if outer.n_trials < 1:
         raise ValueError(f"outer.n_trials must be >= 1, got {outer.n_trials}")
     setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, pinned_teacher(cfg)), command)
+    check_budget_range(space, setup.base)
     setup.dir.mkdir(parents=True, exist_ok=True)
     study = _open(cfg, setup)
     save_config(cfg, setup.dir / "config.yaml")

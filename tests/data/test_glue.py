@@ -85,8 +85,30 @@ def test_missing_folder_names_the_setting(tmp_path: Path) -> None:
 
 def test_missing_file_names_the_setting(tmp_path: Path) -> None:
     (tmp_path / "SST-2").mkdir()
-    with pytest.raises(DataError, match=r"train\.tsv not found: data\.glue_dir"):
+    with pytest.raises(DataError, match=r"SST-2 has no train\.tsv or dev\.tsv: data\.glue_dir"):
         load_raw(DataConfig(task="sst2", glue_dir=str(tmp_path)))
+
+
+def test_a_missing_file_outside_a_data_folder_names_only_the_file(tmp_path: Path) -> None:
+    """amqs-predict reads any TSV: a missing one is not a data.glue_dir problem."""
+    with pytest.raises(DataError, match=r"^.*nope\.tsv: no such file$"):
+        read_glue_tsv(tmp_path / "nope.tsv", get_task("sst2"))
+
+
+def test_no_data_folder_and_no_hub_fails_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without AMQS_GLUE_DIR on a machine that cannot reach the hub: one line naming the fix, no 30 s of retries."""
+    import time
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="hub is unreachable from here: set AMQS_GLUE_DIR"):
+        load_raw(DataConfig(task="sst2", glue_dir=None))
+    assert time.perf_counter() - t0 < 5
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # offline and nothing cached: the same hint
+    with pytest.raises(DataError, match="could not load glue/sst2 .*: set AMQS_GLUE_DIR"):
+        load_raw(DataConfig(task="sst2", glue_dir=None))
 
 
 def test_unknown_task() -> None:

@@ -92,6 +92,14 @@ def test_bad_objectives_pruner_or_teacher_fail_before_any_trial(tmp_path: Path, 
     assert not (tmp_path / "studies").exists()
 
 
+def test_an_infeasible_budget_range_fails_before_any_trial(overrides: list[str], tmp_path: Path) -> None:
+    """A range the search space cannot meet (the smallest model is ~16x smaller than fp32 here) is refused up front."""
+    with pytest.raises(ValueError, match=r"outer.params.budget: a trial could sample compression=1000.0, which the "
+                                         r"default space cannot meet: .*feasible range"):
+        run_study(compose_cfg("search", overrides + ["outer.params.budget.high=1000"]))
+    assert not list((tmp_path / "studies").glob("*/runs/*"))
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the dead worker's ask() below
 def test_a_stale_running_trial_is_failed_and_the_study_completes(overrides: list[str], tmp_path: Path) -> None:
     # A worker that died mid-trial: its trial is RUNNING with a last heartbeat and nobody finishing it.

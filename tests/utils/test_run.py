@@ -1,0 +1,58 @@
+"""Run bookkeeping: which folders a run may write, and when a finished run is reused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from amqs.utils.run import (TRACKED_RESULTS, check_results_dir, check_writable, prepare_run_dir, relative_run,
+                            upsert_csv)
+
+
+def test_debug_runs_never_write_the_measured_results() -> None:
+    with pytest.raises(ValueError, match="a debug run \\(debug=smoke\\) never writes there"):
+        check_results_dir(TRACKED_RESULTS, smoke=True)
+    with pytest.raises(ValueError, match="a run of a random model"):
+        check_results_dir(str(TRACKED_RESULTS) + "/", smoke=False, model_source="random")
+    check_results_dir(TRACKED_RESULTS, smoke=False, model_source="embedded:minilm")  # asked for explicitly
+    check_results_dir("outputs/smoke", smoke=True)
+
+
+def test_an_unwritable_output_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PermissionError, match="cannot create the output folder .*file/runs"):
+        check_writable(tmp_path / "file" / "runs")  # a file where a folder should be
+    table = tmp_path / "baselines.csv"
+    table.write_text("")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == table else real(p, mode))
+    with pytest.raises(PermissionError, match="baselines.csv is not writable"):
+        check_writable(table)
+
+
+def test_a_record_without_its_weights_is_trained_again(tmp_path: Path) -> None:
+    """A teacher whose metrics.json is committed but whose model/ is not (git keeps no weights) is rebuilt, not
+    'reused' forever."""
+    out = tmp_path / "teachers" / "m-sst2"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"config_hash": "h", "dev_accuracy": 0.9}))
+    assert prepare_run_dir(out, "h", overwrite=False) == {"config_hash": "h", "dev_accuracy": 0.9}
+    assert prepare_run_dir(out, "h", overwrite=False, require=("model",)) is None  # train it
+    assert (out / "checkpoint" / "config_hash").read_text() == "h"
+    (out / "model").mkdir()
+    assert prepare_run_dir(out, "h", overwrite=False, require=("model",))["dev_accuracy"] == 0.9
+    assert not (out / "checkpoint").exists()  # a leftover checkpoint of a finished run is removed
+    with pytest.raises(FileExistsError, match="another config"):
+        prepare_run_dir(out, "other", overwrite=False)
+
+
+def test_rows_are_keyed_by_their_run_folder(tmp_path: Path) -> None:
+    path, cols = tmp_path / "t.csv", ("run", "model", "dev_accuracy")
+    upsert_csv(path, {"run": "runs/a", "model": "m1", "dev_accuracy": 0.5}, key=("run",), columns=cols)
+    upsert_csv(path, {"run": "runs/b", "model": "m2", "dev_accuracy": 0.6}, key=("run",), columns=cols)
+    upsert_csv(path, {"run": "runs/a", "model": "m1", "dev_accuracy": 0.7}, key=("run",), columns=cols)
+    assert path.read_text().splitlines() == ["run,model,dev_accuracy", "runs/b,m2,0.6", "runs/a,m1,0.7"]
+    assert relative_run(tmp_path / "runs" / "a", tmp_path) == "runs/a"
