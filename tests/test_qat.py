@@ -42,3 +42,20 @@ def test_given_assignment_needs_a_method_name_and_a_file(tmp_path: Path, glue_di
         qat_app(compose_cfg("qat", ov + [f"assignment={tmp_path}/none.json", "quant.name=mine"]))
     with pytest.raises(ValueError, match="does not combine with staged"):
         qat_app(compose_cfg("qat", ov + ["recipe=progressive", "assignment=bits.json", "quant.name=mine"]))
+
+
+def test_a_bits_file_missing_a_module_is_refused_before_training(tmp_path: Path, glue_dir: Path) -> None:
+    """A module the file forgets would silently stay fp32: it fails naming the module (32 bits keeps one fp32)."""
+    from amqs.train.qat import build_assignment, load_teacher
+
+    ov = _overrides(tmp_path, glue_dir)
+    finetune(compose_cfg("finetune", ov))
+    cfg = compose_cfg("qat", ov + ["quant=w4a8"])
+    full = build_assignment(load_teacher(cfg, 2)[0], cfg).to_dict()
+    del full["modules"]["bert.encoder.layer.1.output.dense"]
+    path = tmp_path / "partial.json"
+    BitAssignment.from_dict(full).to_json(path)
+    with pytest.raises(ValueError, match=r"partial\.json has no bits for bert\.encoder\.layer\.1\.output\.dense: "
+                                         r"every quantized Linear needs an entry"):
+        qat_app(compose_cfg("qat", ov + [f"assignment={path}", "quant.name=partial"]))
+    assert not (tmp_path / "runs" / "sst2-bert-tiny-partial" / "train_log.jsonl").exists()
