@@ -15,6 +15,7 @@ from typing import Sequence
 import pandas as pd
 
 PERCENT = ("accuracy", "f1")
+HIDDEN = ("command", "config_hash")  # the command goes below the table; the hash stays in the CSV (row identity)
 
 
 def _fmt(col: str, value: object) -> str:
@@ -35,7 +36,7 @@ def _fmt(col: str, value: object) -> str:
 
 def to_markdown(df: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
     """A Markdown document: title, notes, the table (accuracy/F1 in %), then each row's command."""
-    cols = [c for c in df.columns if c != "command"]
+    cols = [c for c in df.columns if c not in HIDDEN]
     lines = [f"# {title}", ""]
     lines += [*notes, ""] if notes else []
     lines.append("| " + " | ".join(c + (" (%)" if any(p in c for p in PERCENT) else "") for c in cols) + " |")
