@@ -2,7 +2,8 @@
 
 Layers: :mod:`~amqs.quant.functions` (pure tensor math), :mod:`~amqs.quant.modules`
 (QuantLinear / QuantEmbedding / ActQuant), :mod:`~amqs.quant.assignment` (the
-BitAssignment format), :mod:`~amqs.quant.surgery` (applying it to a model) and
+BitAssignment format), :mod:`~amqs.quant.targets` (which modules are quantized: default
+patterns, selection by regex), :mod:`~amqs.quant.surgery` (applying an assignment to a model) and
 :mod:`~amqs.quant.size` (exact storage accounting).
 """
 
@@ -26,14 +27,12 @@ from amqs.quant.functions import (
 )
 from amqs.quant.modules import ActQuant, QuantEmbedding, QuantLinear
 from amqs.quant.size import SizeReport, model_size, weight_bits_of
-from amqs.quant.surgery import (
+from amqs.quant.surgery import apply_assignment, extract_assignment, quantized_modules
+from amqs.quant.targets import (
     BERT_EMBEDDING_PATTERN,
     BERT_ENCODER_LINEAR_PATTERN,
     DEFAULT_EMBEDDING_PATTERNS,
     DEFAULT_LINEAR_PATTERNS,
-    apply_assignment,
-    extract_assignment,
-    quantized_modules,
     select_modules,
 )
 

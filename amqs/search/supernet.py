@@ -37,7 +37,8 @@ from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.functions import SCHEMES, init_lsq_step, quantize_subgroups, to_subgroups, validate_bits
 from amqs.quant.modules import ActQuant
 from amqs.quant.size import qparam_bits
-from amqs.quant.surgery import apply_assignment, select_modules
+from amqs.quant.surgery import apply_assignment
+from amqs.quant.targets import select_modules
 from amqs.search.space import SearchSpace
 
 MODES = ("gumbel", "softmax", "argmax")

@@ -32,7 +32,7 @@ from amqs.models import load_classifier
 from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
                         model_size, uniform_assignment)
 from amqs.quant.split import split_ternary_linears
-from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
+from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
