@@ -23,22 +23,16 @@ Example::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from amqs.quant.size import model_size, qparam_bits
 from amqs.search.supernet import arch_entropy, supernet_modules
+from amqs.train.losses import LossFn, ce_loss
 
-LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 BUDGET_KINDS = ("bytes", "compression", "avg_bits")
 ENCODER_PREFIX = "bert.encoder."
-
-
-def ce_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """The task loss of an HF classifier (cross-entropy when ``labels`` are in the batch)."""
-    return model(**batch).loss
 
 
 @dataclass(frozen=True)

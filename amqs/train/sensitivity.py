@@ -25,7 +25,7 @@ import copy
 import itertools
 import math
 import re
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,15 +36,11 @@ from amqs.quant import BitAssignment, apply_assignment, model_size, quantize_sub
 from amqs.quant.functions import validate_bits
 from amqs.quant.size import qparam_bits, quant_weight_bits
 from amqs.search.objective import ENCODER_PREFIX, Budget
+from amqs.train.losses import LossFn, ce_loss
 
-LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 SENSITIVITIES = ("hessian", "fisher")
 GRANULARITIES = ("layer", "matrix")
 _LAYER = re.compile(r"(.*\.layer\.\d+)\.")
-
-
-def ce_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    return model(**batch).loss
 
 
 def unit_of(name: str, granularity: str) -> str:
