@@ -3,11 +3,13 @@
 Layers: :mod:`~amqs.quant.functions` (pure tensor math), :mod:`~amqs.quant.modules`
 (QuantLinear / QuantEmbedding / ActQuant), :mod:`~amqs.quant.assignment` (the
 BitAssignment format), :mod:`~amqs.quant.targets` (which modules are quantized: default
-patterns, selection by regex), :mod:`~amqs.quant.surgery` (applying an assignment to a model) and
-:mod:`~amqs.quant.size` (exact storage accounting).
+patterns, selection by regex), :mod:`~amqs.quant.surgery` (applying an assignment to a model),
+:mod:`~amqs.quant.size` (exact storage accounting) and :mod:`~amqs.quant.budget` (size budgets
+and the rule that turns one into a target size).
 """
 
 from amqs.quant.assignment import FORMAT_VERSION, BitAssignment, ModuleBits, shuffle_bits, uniform_assignment
+from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
 from amqs.quant.functions import (
     ALLOWED_BITS,
     SCHEMES,
@@ -38,6 +40,7 @@ from amqs.quant.targets import (
 
 __all__ = [
     "ALLOWED_BITS",
+    "BUDGET_KINDS",
     "BERT_EMBEDDING_PATTERN",
     "BERT_ENCODER_LINEAR_PATTERN",
     "DEFAULT_EMBEDDING_PATTERNS",
@@ -46,11 +49,13 @@ __all__ = [
     "SCHEMES",
     "ActQuant",
     "BitAssignment",
+    "Budget",
     "ModuleBits",
     "QuantEmbedding",
     "QuantLinear",
     "SizeReport",
     "apply_assignment",
+    "budget_target_bits",
     "choose_qparams_minmax",
     "choose_qparams_symmetric",
     "choose_qparams_ternary_twn",

@@ -19,7 +19,7 @@ What is counted, per module (each tensor once, even if shared/tied):
 
 The fp32 reference is the same model with every weight at 32 bits, no qparams
 and no activation quantizers. ``encoder`` = modules under ``encoder_prefix``
-(default ``"bert.encoder."``: the Transformer layers, without embeddings, which
+(default :data:`ENCODER_PREFIX` ``"bert.encoder."``: the Transformer layers, without embeddings, which
 is how Q-BERT / AQ-BERT report sizes). Bytes are ``ceil(bits / 8)``.
 """
 
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from amqs.quant.assignment import BitAssignment
 from amqs.quant.modules import ActQuant, QuantEmbedding, QuantLinear
 
+ENCODER_PREFIX = "bert.encoder."
 FP_BITS = 32
 SCALE_BITS = 32
 ZERO_POINT_BITS = 8
@@ -128,7 +129,7 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
-def model_size(model: nn.Module, encoder_prefix: str = "bert.encoder.") -> SizeReport:
+def model_size(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeReport:
     """Exact inference storage of ``model`` (see the module docstring for rules).
 
     Example:
@@ -165,7 +166,7 @@ def model_size(model: nn.Module, encoder_prefix: str = "bert.encoder.") -> SizeR
     )
 
 
-def weight_bits_of(assignment: BitAssignment, encoder_prefix: str | None = "bert.encoder.") -> tuple[int, float]:
+def weight_bits_of(assignment: BitAssignment, encoder_prefix: str | None = ENCODER_PREFIX) -> tuple[int, float]:
     """``(total weight bits, average bits per weight)`` of the assignment's matrices.
 
     Only weight codes count (no qparams, biases or activations); pruned weights

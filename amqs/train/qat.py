@@ -307,7 +307,7 @@ def _common_bits(modules: list, none: int) -> float | int:
 
 def _mixed(cfg: DictConfig, teacher: nn.Module, assignment: BitAssignment, train_loader, out: Path) -> BitAssignment:
     """Q-BERT's per-layer bits (amqs.train.sensitivity); a resumed run keeps the bits it started with."""
-    from amqs.search.objective import Budget
+    from amqs.quant.budget import Budget
     from amqs.train.sensitivity import mixed_assignment
 
     if (out / "checkpoint" / STATE_FILE).exists() and (out / "bits.json").exists():
