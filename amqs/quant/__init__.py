@@ -28,7 +28,7 @@ from amqs.quant.functions import (
     to_subgroups,
 )
 from amqs.quant.modules import ActQuant, QuantEmbedding, QuantLinear
-from amqs.quant.size import SizeReport, model_size, weight_bits_of
+from amqs.quant.size import SizeReport, model_size, pruned_fraction, weight_bits_of
 from amqs.quant.surgery import apply_assignment, extract_assignment, quantized_modules
 from amqs.quant.targets import (
     BERT_EMBEDDING_PATTERN,
@@ -66,6 +66,7 @@ __all__ = [
     "init_lsq_step",
     "lsq_fake_quantize",
     "model_size",
+    "pruned_fraction",
     "qrange",
     "quantize_subgroups",
     "quantize_to_int",
