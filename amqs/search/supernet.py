@@ -48,15 +48,16 @@ MODES = ("gumbel", "softmax", "argmax")
 class TemperatureSchedule:
     """AQ-BERT's temperature ``t0 * exp(-eta * (epoch - n0))``, held at ``t0`` before ``n0``, floored at ``t_min``.
 
-    Defaults follow FBNet (``t0 = 5``, ``eta = 0.045`` per epoch); ``epoch`` may be fractional.
+    Defaults are the project's configured ones (``conf/search/default.yaml``, ``amqs.config.SearchHParams``:
+    ``t0 = 1``, ``eta = 2`` per epoch); ``epoch`` may be fractional.
 
     Example:
         >>> round(TemperatureSchedule(t0=5.0, eta=0.5, n0=1.0)(3.0), 4)
         1.8394
     """
 
-    t0: float = 5.0
-    eta: float = 0.045
+    t0: float = 1.0
+    eta: float = 2.0
     n0: float = 0.0
     t_min: float = 0.05
 
