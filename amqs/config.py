@@ -128,7 +128,7 @@ class QuantConfig:
     act_momentum: float = 0.9  # EMA momentum of activation ranges (Q8BERT)
     subgroups: int = 128  # subgroups (output-row blocks) per weight matrix, each with its own range
     emb_subgroups: int = 1  # subgroups per embedding table (at most one per row); 0 = one per row (row-wise)
-    # re.fullmatch patterns over module names; empty = amqs.quant.surgery's BERT defaults.
+    # re.fullmatch patterns over module names; empty = amqs.quant.targets' BERT defaults.
     targets: list[str] = field(default_factory=list)
     embedding_targets: list[str] = field(default_factory=list)
 

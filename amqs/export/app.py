@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 
 from amqs.export.graph import build_model
 from amqs.export.materialize import materialize
-from amqs.quant import BitAssignment, model_size
+from amqs.quant import BitAssignment, model_size, pruned_fraction
+from amqs.quant.size import ENCODER_PREFIX
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
 from amqs.utils.run import git_revision, upsert_csv, write_json
 
@@ -77,17 +78,6 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssi
     return student.eval(), tokenizer, cfg, assignment, metrics
 
 
-def pruned_fraction(assignment: Optional[BitAssignment], prefix: str = "bert.encoder.") -> float:
-    if assignment is None:
-        return 0.0
-    total = pruned = 0
-    for name, mb in assignment.modules.items():
-        if name.startswith(prefix):
-            total += mb.num_weights
-            pruned += sum(mb.rows_per_subgroup * mb.in_features for b in mb.bits if b == 0)
-    return pruned / total if total else 0.0
-
-
 def initializer_bytes(model: onnx.ModelProto, prefix: str) -> int:
     """Bytes of the stored tensors whose name starts with ``prefix`` (e.g. the encoder's)."""
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name.startswith(prefix))
@@ -113,7 +103,7 @@ def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, m
         "max_length": max_length, "file_bytes": (out / MODEL_FILE).stat().st_size,
         "accounted_bytes": size.total_bytes,
         # the encoder's stored tensors (packed codes, scales, zero points, biases, LayerNorms)
-        "encoder_stored_bytes": initializer_bytes(model, "bert.encoder."), "encoder_accounted_bytes": size.encoder_bytes,
+        "encoder_stored_bytes": initializer_bytes(model, ENCODER_PREFIX), "encoder_accounted_bytes": size.encoder_bytes,
         "removed_ffn_neurons": sum(ly.removed_neurons for ly in arrays.layers),
         "removed_ffn_fraction": sum(ly.removed_neurons for ly in arrays.layers) / inter if inter else 0.0,
         "removed_heads": {str(i): ly.removed_heads for i, ly in enumerate(arrays.layers) if ly.removed_heads},
@@ -157,7 +147,8 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
     facts = export_model(student, tokenizer, out, task=cfg.data.task, max_length=int(cfg.data.max_length),
                          remove_pruned=remove_pruned,
                          meta={"source_run": str(run_dir), "compression": run_metrics.get("compression"),
-                               "pruned_fraction": pruned_fraction(assignment), "git_revision": git_revision(),
+                               "pruned_fraction": 0.0 if assignment is None else pruned_fraction(assignment),
+                               "git_revision": git_revision(),
                                "command": command})
     if assignment is not None:
         shutil.copyfile(src / "bits.json", Path(out) / "bits.json")

@@ -176,46 +176,13 @@ def integer_weight(module: QuantLinear | QuantEmbedding, name: str) -> Matrix:
     """Codes, per-row bits/scales/zero points of a quantized matrix, checked against its own
     fake-quantized weight (so export computes exactly what training evaluated)."""
     w = module.weight.detach().float().cpu()
-    g = module.num_subgroups
     bits = module.bits.detach().cpu().to(torch.int64)
-    if ((bits == 1) | (bits == 32)).any():
-        raise ValueError(f"{name}: bit-widths 1 and 32 are not exportable to integer kernels "
-                         f"(found {sorted(set(bits.tolist()))}); the exporter stores 0, 2, 4 and 8 bits")
-    wg = to_subgroups(w, g)
-    eff = _effective_bits(bits)
-    scheme = module.scheme
-    if scheme == "minmax":
-        qmin, qmax = qrange(eff, symmetric=False)
-        scale, zp = choose_qparams_minmax(wg, eff)
-        offset = torch.zeros_like(scale)
-    else:
-        qmin, qmax = qrange(eff, symmetric=True)
-        if scheme == "lsq":
-            scale = module.step.detach().float().cpu().clamp_min(1e-8)  # type: ignore[union-attr]
-        else:
-            scale = choose_qparams_symmetric(wg, eff)
-        zp = torch.zeros_like(scale)
-        offset = -qmin + (eff == 8).float()  # signed codes -> unsigned storage (8 bits: +128)
-        if scheme == "twn":
-            thr, alpha = choose_qparams_ternary_twn(wg)
-            tern = (bits == 2)[:, None]
-            q_t = torch.where(wg.abs() > thr[:, None], torch.sign(wg), torch.zeros_like(wg))
-            scale = torch.where(bits == 2, alpha, scale)
-    if scheme == "lsq":
-        q = torch.round(torch.clamp(wg / scale[:, None], qmin[:, None], qmax[:, None]))
-    else:
-        q = quantize_to_int(wg, scale, zp, qmin, qmax).float()
-    if scheme == "twn":
-        q = torch.where(tern, q_t, q)
+    _check_exportable_bits(bits, name)
+    q, scale, zp, offset = _integer_codes(module, to_subgroups(w, module.num_subgroups), bits)
     pruned = (bits == 0)[:, None]
     q = torch.where(pruned, torch.zeros_like(q), q)
     deq = torch.where(pruned, torch.zeros_like(q), (q - zp[:, None]) * scale[:, None])
-    reference = to_subgroups(module.quantized_weight().detach().float().cpu(), g)
-    err = (deq - reference).abs().amax()
-    tol = 1e-5 * float(scale.abs().max()) + 1e-7
-    if float(err) > tol:
-        raise ValueError(f"{name}: integer codes do not reproduce the fake-quantized weight "
-                         f"(max difference {float(err):.3g} > {tol:.3g}; scheme {scheme})")
+    _check_reproduces(module, deq, scale, name)
     codes = torch.where(pruned, torch.zeros_like(q), q + offset[:, None]).round()
     zp_u = torch.where(bits == 0, 0.0, zp + offset)
     scale = torch.where(bits == 0, 0.0, scale)
@@ -229,9 +196,62 @@ def integer_weight(module: QuantLinear | QuantEmbedding, name: str) -> Matrix:
         bits=rep(bits).astype(np.int64),
         scale=rep(scale).astype(np.float32),
         zero_point=rep(zp_u).astype(np.int64),
-        group=np.arange(g).repeat(rows),
+        group=np.arange(module.num_subgroups).repeat(rows),
         act=act_params(module.act_quant, name) if isinstance(module, QuantLinear) else None,
     )
+
+
+def _check_exportable_bits(bits: torch.Tensor, name: str) -> None:
+    if ((bits == 1) | (bits == 32)).any():
+        raise ValueError(f"{name}: bit-widths 1 and 32 are not exportable to integer kernels "
+                         f"(found {sorted(set(bits.tolist()))}); the exporter stores 0, 2, 4 and 8 bits")
+
+
+def _integer_codes(module: QuantLinear | QuantEmbedding, wg: torch.Tensor, bits: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q, scale, zero_point, offset)`` per subgroup of ``wg`` (``[G, n]``) under the module's scheme.
+
+    ``q`` are the codes the fake quantizer rounds to (float; signed for the symmetric schemes, pruned
+    rows not yet zeroed); ``q + offset`` is their unsigned storage.
+    """
+    eff = _effective_bits(bits)
+    if module.scheme == "minmax":
+        qmin, qmax = qrange(eff, symmetric=False)
+        scale, zp = choose_qparams_minmax(wg, eff)
+        return quantize_to_int(wg, scale, zp, qmin, qmax).float(), scale, zp, torch.zeros_like(scale)
+    qmin, qmax = qrange(eff, symmetric=True)
+    offset = -qmin + (eff == 8).float()  # signed codes -> unsigned storage (8 bits: +128)
+    if module.scheme == "lsq":
+        scale = module.step.detach().float().cpu().clamp_min(1e-8)  # type: ignore[union-attr]
+        q = torch.round(torch.clamp(wg / scale[:, None], qmin[:, None], qmax[:, None]))
+        return q, scale, torch.zeros_like(scale), offset
+    scale = choose_qparams_symmetric(wg, eff)
+    if module.scheme == "twn":
+        q, scale = _ternary_codes(wg, bits, scale, qmin, qmax)
+        return q, scale, torch.zeros_like(scale), offset
+    zp = torch.zeros_like(scale)
+    return quantize_to_int(wg, scale, zp, qmin, qmax).float(), scale, zp, offset
+
+
+def _ternary_codes(wg: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor, qmin: torch.Tensor,
+                   qmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN: 2-bit subgroups take codes -1/0/1 at scale alpha; other widths the symmetric codes."""
+    thr, alpha = choose_qparams_ternary_twn(wg)
+    tern = (bits == 2)[:, None]
+    q_t = torch.where(wg.abs() > thr[:, None], torch.sign(wg), torch.zeros_like(wg))
+    scale = torch.where(bits == 2, alpha, scale)
+    q = quantize_to_int(wg, scale, torch.zeros_like(scale), qmin, qmax).float()
+    return torch.where(tern, q_t, q), scale
+
+
+def _check_reproduces(module: QuantLinear | QuantEmbedding, deq: torch.Tensor, scale: torch.Tensor, name: str) -> None:
+    """Refuse codes whose dequantized weight differs from the module's own fake-quantized one."""
+    reference = to_subgroups(module.quantized_weight().detach().float().cpu(), module.num_subgroups)
+    err = (deq - reference).abs().amax()
+    tol = 1e-5 * float(scale.abs().max()) + 1e-7
+    if float(err) > tol:
+        raise ValueError(f"{name}: integer codes do not reproduce the fake-quantized weight "
+                         f"(max difference {float(err):.3g} > {tol:.3g}; scheme {module.scheme})")
 
 
 def matrix(module: nn.Module, name: str) -> Matrix:

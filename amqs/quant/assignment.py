@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from torch import nn
 
 from amqs.quant.functions import ALLOWED_BITS, SCHEMES
-from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
+from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 
 FORMAT_VERSION = 1
 KINDS = ("linear", "embedding")
@@ -266,6 +266,21 @@ def _subgroups_for(
     raise ValueError(f"{name}: no key of the num_subgroups mapping matches this module")
 
 
+def _uniform_entries(model: nn.Module, patterns: Sequence[str], module_type: type[nn.Linear] | type[nn.Embedding],
+                     bits: int, subgroups_of: Callable[[str, int], int]) -> dict[str, ModuleBits]:
+    """``bits`` for every subgroup of the ``module_type`` modules matching ``patterns``, in model order."""
+    kind = "linear" if module_type is nn.Linear else "embedding"
+    out: dict[str, ModuleBits] = {}
+    for name in select_modules(model, patterns, module_type):
+        w = model.get_submodule(name).weight
+        g = subgroups_of(name, w.shape[0])
+        try:
+            out[name] = ModuleBits(g, (bits,) * g, w.shape[0], w.shape[1], kind)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return out
+
+
 def uniform_assignment(
     model: nn.Module,
     patterns: Sequence[str] = DEFAULT_LINEAR_PATTERNS,
@@ -298,20 +313,9 @@ def uniform_assignment(
         >>> len(uniform_assignment(m, bits=4, num_subgroups=4).modules)
         9
     """
-    modules: dict[str, ModuleBits] = {}
-    for name in select_modules(model, patterns, nn.Linear):
-        w = model.get_submodule(name).weight
-        g = _subgroups_for(name, w.shape[0], num_subgroups, subgroup_size)
-        try:
-            modules[name] = ModuleBits(g, (bits,) * g, w.shape[0], w.shape[1], "linear")
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from None
+    modules = _uniform_entries(model, patterns, nn.Linear, bits,
+                               lambda name, rows: _subgroups_for(name, rows, num_subgroups, subgroup_size))
     if embedding_patterns:
-        for name in select_modules(model, embedding_patterns, nn.Embedding):
-            w = model.get_submodule(name).weight
-            g = _subgroups_for(name, w.shape[0], embedding_num_subgroups, None)
-            try:
-                modules[name] = ModuleBits(g, (embedding_bits,) * g, w.shape[0], w.shape[1], "embedding")
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
+        modules.update(_uniform_entries(model, embedding_patterns, nn.Embedding, embedding_bits,
+                                        lambda name, rows: _subgroups_for(name, rows, embedding_num_subgroups, None)))
     return BitAssignment(modules=modules, scheme=scheme, act_bits=act_bits, meta=dict(meta or {}))

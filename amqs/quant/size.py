@@ -19,7 +19,7 @@ What is counted, per module (each tensor once, even if shared/tied):
 
 The fp32 reference is the same model with every weight at 32 bits, no qparams
 and no activation quantizers. ``encoder`` = modules under ``encoder_prefix``
-(default ``"bert.encoder."``: the Transformer layers, without embeddings, which
+(default :data:`ENCODER_PREFIX` ``"bert.encoder."``: the Transformer layers, without embeddings, which
 is how Q-BERT / AQ-BERT report sizes). Bytes are ``ceil(bits / 8)``.
 """
 
@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from amqs.quant.assignment import BitAssignment
+from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.modules import ActQuant, QuantEmbedding, QuantLinear
 
+ENCODER_PREFIX = "bert.encoder."
 FP_BITS = 32
 SCALE_BITS = 32
 ZERO_POINT_BITS = 8
@@ -128,7 +129,7 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
-def model_size(model: nn.Module, encoder_prefix: str = "bert.encoder.") -> SizeReport:
+def model_size(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeReport:
     """Exact inference storage of ``model`` (see the module docstring for rules).
 
     Example:
@@ -165,7 +166,7 @@ def model_size(model: nn.Module, encoder_prefix: str = "bert.encoder.") -> SizeR
     )
 
 
-def weight_bits_of(assignment: BitAssignment, encoder_prefix: str | None = "bert.encoder.") -> tuple[int, float]:
+def weight_bits_of(assignment: BitAssignment, encoder_prefix: str | None = ENCODER_PREFIX) -> tuple[int, float]:
     """``(total weight bits, average bits per weight)`` of the assignment's matrices.
 
     Only weight codes count (no qparams, biases or activations); pruned weights
@@ -178,10 +179,29 @@ def weight_bits_of(assignment: BitAssignment, encoder_prefix: str | None = "bert
         >>> weight_bits_of(a)
         (64, 4.0)
     """
-    selected = [
-        mb for name, mb in assignment.modules.items() if encoder_prefix is None or name.startswith(encoder_prefix)
-    ]
+    selected = _modules_under(assignment, encoder_prefix)
     if not selected:
         raise ValueError(f"no module of the assignment starts with {encoder_prefix!r}")
     total = sum(mb.weight_bits for mb in selected)
     return total, total / sum(mb.num_weights for mb in selected)
+
+
+def pruned_fraction(assignment: BitAssignment, encoder_prefix: str | None = ENCODER_PREFIX) -> float:
+    """Share of the weights of the assignment's matrices that are pruned (0 bits); 0.0 when there are none.
+
+    Modules are those whose name starts with ``encoder_prefix`` (``None``: all), as in :func:`weight_bits_of`.
+
+    Example:
+        >>> from amqs.quant.assignment import ModuleBits
+        >>> a = BitAssignment(modules={"bert.encoder.fc": ModuleBits(4, (8, 0, 0, 4), 4, 4)})
+        >>> pruned_fraction(a)
+        0.5
+    """
+    selected = _modules_under(assignment, encoder_prefix)
+    total = sum(mb.num_weights for mb in selected)
+    pruned = sum(mb.rows_per_subgroup * mb.in_features * sum(b == 0 for b in mb.bits) for mb in selected)
+    return pruned / total if total else 0.0
+
+
+def _modules_under(assignment: BitAssignment, encoder_prefix: str | None) -> list[ModuleBits]:
+    return [mb for name, mb in assignment.modules.items() if encoder_prefix is None or name.startswith(encoder_prefix)]

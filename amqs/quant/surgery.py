@@ -1,72 +1,29 @@
-"""Model surgery: select modules by regex and swap in quantized modules.
+"""Model surgery: swap the modules a :class:`~amqs.quant.assignment.BitAssignment` names for quantized ones.
 
-Module names are the qualified names of ``model.named_modules()`` and patterns
-are matched with ``re.fullmatch``. By default only the BERT encoder linears and
-the three embedding tables are quantized; ``bert.pooler.dense`` and
-``classifier`` stay in fp32 (as in Q-BERT / AQ-BERT).
+Module names are the qualified names of ``model.named_modules()``. Which modules are quantized by
+default, and their selection by regex (:func:`~amqs.quant.targets.select_modules`), live in
+:mod:`amqs.quant.targets`; the names are re-exported here.
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.functions import SCHEMES
 from amqs.quant.modules import ActQuant, QuantEmbedding, QuantLinear
-
-if TYPE_CHECKING:  # assignment.py imports this module; avoid the runtime cycle
-    from amqs.quant.assignment import BitAssignment
-
-# The 6 linears of every Transformer layer: Q, K, V, attention output, FFN in, FFN out.
-BERT_ENCODER_LINEAR_PATTERN = (
-    r"bert\.encoder\.layer\.\d+\."
-    r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+from amqs.quant.targets import (  # noqa: F401  (selection lives in targets.py; re-exported for callers of surgery)
+    BERT_EMBEDDING_PATTERN,
+    BERT_ENCODER_LINEAR_PATTERN,
+    DEFAULT_EMBEDDING_PATTERNS,
+    DEFAULT_LINEAR_PATTERNS,
+    select_modules,
 )
-BERT_EMBEDDING_PATTERN = r"bert\.embeddings\.(word|position|token_type)_embeddings"
-DEFAULT_LINEAR_PATTERNS: tuple[str, ...] = (BERT_ENCODER_LINEAR_PATTERN,)
-DEFAULT_EMBEDDING_PATTERNS: tuple[str, ...] = (BERT_EMBEDDING_PATTERN,)
 
 QuantModule = QuantLinear | QuantEmbedding
-
-
-def select_modules(
-    model: nn.Module,
-    patterns: str | Sequence[str],
-    module_type: type[nn.Module] | tuple[type[nn.Module], ...] = nn.Linear,
-) -> list[str]:
-    """Names of ``module_type`` modules whose name fullmatches any pattern.
-
-    Quantized modules count too (``QuantLinear`` is an ``nn.Linear``), so the
-    same patterns can re-select modules after surgery. Names come in model
-    order. Raises ``ValueError`` naming any pattern that matches nothing.
-
-    Example:
-        >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-        >>> select_modules(m, [r"\\d+"])
-        ['0', '2']
-    """
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    compiled = [re.compile(p) for p in patterns]
-    hits = {p.pattern: 0 for p in compiled}
-    names = []
-    for name, module in model.named_modules():
-        if not isinstance(module, module_type):
-            continue
-        matched = [p for p in compiled if p.fullmatch(name)]
-        for p in matched:
-            hits[p.pattern] += 1
-        if matched:
-            names.append(name)
-    empty = [p for p, n in hits.items() if n == 0]
-    if empty:
-        kind = getattr(module_type, "__name__", str(module_type))
-        shown = ", ".join(f"r'{p}'" for p in empty)
-        raise ValueError(f"pattern(s) {shown} matched no {kind} module of {type(model).__name__}")
-    return names
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -77,7 +34,7 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def apply_assignment(
     model: nn.Module,
-    assignment: "BitAssignment",
+    assignment: BitAssignment,
     *,
     scheme: str | None = None,
     act_symmetric: bool | None = None,
@@ -160,7 +117,7 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantModule]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
 
 
-def extract_assignment(model: nn.Module, *, meta: Mapping[str, Any] | None = None) -> "BitAssignment":
+def extract_assignment(model: nn.Module, *, meta: Mapping[str, Any] | None = None) -> BitAssignment:
     """Read the current bit-widths of a quantized model back into a BitAssignment.
 
     Requires a single scheme and a single activation bit-width across modules.
@@ -173,8 +130,6 @@ def extract_assignment(model: nn.Module, *, meta: Mapping[str, Any] | None = Non
         >>> extract_assignment(m) == a
         True
     """
-    from amqs.quant.assignment import BitAssignment, ModuleBits
-
     qmods = quantized_modules(model)
     if not qmods:
         raise ValueError(f"{type(model).__name__} has no quantized modules; run apply_assignment first")

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from amqs.quant.modules import ActQuant
-from amqs.search.objective import LossFn, ce_loss
 from amqs.search.supernet import arch_parameters, resample, set_relaxation, weight_parameters
+from amqs.train.losses import LossFn, ce_loss
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Size accounting of the supernet, the budget, and AQ-BERT's architecture objective.
+"""Size accounting of the supernet, its budget target, and AQ-BERT's architecture objective.
+
+A :class:`~amqs.quant.budget.Budget` (defined, with the rule that reads it, in
+:mod:`amqs.quant.budget`; re-exported here) becomes the supernet's target ``V`` in
+:func:`resolve_budget`.
 
 Sizes agree bit for bit with :func:`amqs.quant.size.model_size` of the derived model:
 
@@ -22,23 +26,15 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from amqs.quant.size import model_size, qparam_bits
+from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
+from amqs.quant.size import ENCODER_PREFIX, model_size, qparam_bits
 from amqs.search.supernet import arch_entropy, supernet_modules
-
-LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
-BUDGET_KINDS = ("bytes", "compression", "avg_bits")
-ENCODER_PREFIX = "bert.encoder."
-
-
-def ce_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    """The task loss of an HF classifier (cross-entropy when ``labels`` are in the batch)."""
-    return model(**batch).loss
+from amqs.train.losses import LossFn, ce_loss
 
 
 @dataclass(frozen=True)
@@ -113,47 +109,18 @@ def size_bounds_bits(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> 
     return lo, hi
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A size budget of the encoder.
-
-    ``kind``: ``"bytes"`` (encoder bytes), ``"compression"`` (fp32 encoder bytes / value) or
-    ``"avg_bits"`` (bits per searched weight: the size of the uniform ``value``-bit model with the
-    same subgroups, i.e. ``fixed + value * weights + qparams of every (multi-bit) subgroup``).
-
-    Example:
-        >>> Budget("compression", 8.0).to_dict()
-        {'kind': 'compression', 'value': 8.0}
-    """
-
-    kind: str
-    value: float
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise ValueError(f"budget kind must be one of {BUDGET_KINDS}, got {self.kind!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not self.value > 0:
-            raise ValueError(f"budget value must be a positive number, got {self.value!r}")
-
-    def to_dict(self) -> dict[str, float | str]:
-        return asdict(self)
-
-
 def resolve_budget(budget: Budget, model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> float:
     """Target encoder bytes ``V`` of ``budget`` for this supernet; raises if it is infeasible.
+
+    The rule is :func:`amqs.quant.budget.budget_target_bits`; the sizes it needs are the supernet's.
 
     Example:
         >>> resolve_budget(Budget("avg_bits", 4), model)  # doctest: +SKIP
         104256.0
     """
     base = size_base(model, encoder_prefix)
-    if budget.kind == "bytes":
-        target_bits = 8.0 * budget.value
-    elif budget.kind == "compression":
-        target_bits = base.fp32_bits / budget.value
-    else:
-        qp = sum(m.num_subgroups * int(qparam_bits(m.scheme, torch.tensor([8]))) for m in supernet_modules(model).values())
-        target_bits = base.fixed_bits + budget.value * base.searched_weights + qp
+    qp = sum(m.num_subgroups * int(qparam_bits(m.scheme, torch.tensor([8]))) for m in supernet_modules(model).values())
+    target_bits = budget_target_bits(budget, base.fixed_bits, base.fp32_bits, base.searched_weights, qp)
     lo, hi = size_bounds_bits(model, encoder_prefix)
     if not lo <= target_bits <= hi:
         raise ValueError(

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from amqs.data import get_task, load_glue, make_loader
-from amqs.quant import BitAssignment, weight_bits_of
+from amqs.quant import BitAssignment, pruned_fraction, weight_bits_of
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.derive import derived_assignment
 from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
@@ -194,14 +194,6 @@ def retrain_assignment(cfg: DictConfig, assignment: BitAssignment, folder: str, 
     retrain_cfg.overwrite = False
     init = cfg.model.source if cfg.reinit else None
     return run_qat(retrain_cfg, assignment, command=command, student_init=init)
-
-
-def pruned_fraction(assignment: BitAssignment) -> float:
-    """Fraction of searched (linear) weights whose subgroup is pruned."""
-    lin = [m for m in assignment.modules.values() if m.kind == "linear"]
-    total = sum(m.num_weights for m in lin)
-    pruned = sum(m.rows_per_subgroup * m.in_features * sum(b == 0 for b in m.bits) for m in lin)
-    return pruned / total if total else 0.0
 
 
 def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[ProgressFn] = None) -> dict[str, Any]:

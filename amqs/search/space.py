@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 
 from amqs.quant.functions import SCHEMES
-from amqs.quant.surgery import BERT_EMBEDDING_PATTERN
+from amqs.quant.targets import BERT_EMBEDDING_PATTERN
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 SPACE_VERSION = 1

@@ -37,7 +37,8 @@ from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.functions import SCHEMES, init_lsq_step, quantize_subgroups, to_subgroups, validate_bits
 from amqs.quant.modules import ActQuant
 from amqs.quant.size import qparam_bits
-from amqs.quant.surgery import apply_assignment, select_modules
+from amqs.quant.surgery import apply_assignment
+from amqs.quant.targets import select_modules
 from amqs.search.space import SearchSpace
 
 MODES = ("gumbel", "softmax", "argmax")
@@ -47,15 +48,16 @@ MODES = ("gumbel", "softmax", "argmax")
 class TemperatureSchedule:
     """AQ-BERT's temperature ``t0 * exp(-eta * (epoch - n0))``, held at ``t0`` before ``n0``, floored at ``t_min``.
 
-    Defaults follow FBNet (``t0 = 5``, ``eta = 0.045`` per epoch); ``epoch`` may be fractional.
+    Defaults are the project's configured ones (``conf/search/default.yaml``, ``amqs.config.SearchHParams``:
+    ``t0 = 1``, ``eta = 2`` per epoch); ``epoch`` may be fractional.
 
     Example:
         >>> round(TemperatureSchedule(t0=5.0, eta=0.5, n0=1.0)(3.0), 4)
         1.8394
     """
 
-    t0: float = 5.0
-    eta: float = 0.045
+    t0: float = 1.0
+    eta: float = 2.0
     n0: float = 0.0
     t_min: float = 0.05
 

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,11 +31,14 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from amqs.config import TrainConfig
+from amqs.train.losses import LossFn
+from amqs.train.losses import ce_loss as default_loss
+
+if TYPE_CHECKING:  # annotations only: amqs.config imports amqs.search, whose objective imports amqs.train
+    from amqs.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 STATE_FILE = "state.pt"
 
 
@@ -81,10 +84,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def default_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch).loss
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

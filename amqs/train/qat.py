@@ -33,7 +33,7 @@ from amqs.models import load_classifier
 from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
                         model_size, uniform_assignment)
 from amqs.quant.split import split_ternary_linears
-from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
+from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
@@ -410,7 +410,7 @@ def _common_bits(modules: list, none: int) -> float | int:
 
 def _mixed(cfg: DictConfig, teacher: nn.Module, assignment: BitAssignment, train_loader, out: Path) -> BitAssignment:
     """Q-BERT's per-layer bits (amqs.train.sensitivity); a resumed run keeps the bits it started with."""
-    from amqs.search.objective import Budget
+    from amqs.quant.budget import Budget
     from amqs.train.sensitivity import mixed_assignment
 
     if (out / "checkpoint" / STATE_FILE).exists() and (out / "bits.json").exists():

@@ -11,7 +11,8 @@
    (HAWQ-V2) wins; ties go to the larger model. ``C(U + k - 1, k - 1)`` candidates: 28 for 6 layers and
    3 choices, so the search is exhaustive.
 3. **Sizes** are exact (``amqs.quant.size``): ``fixed + sum_u sum_(m in u) (rows * in * b + G * qparams(b))``;
-   the budget is read as in ``amqs.search.objective.resolve_budget`` and must be met (size <= target).
+   the budget is read by ``amqs.quant.budget.budget_target_bits`` (as the search reads it) and must be met
+   (size <= target).
 
 Example::
 
@@ -25,7 +26,7 @@ import copy
 import itertools
 import math
 import re
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,17 +35,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from amqs.config import MixedConfig
 from amqs.quant import BitAssignment, apply_assignment, model_size, quantize_subgroups, to_subgroups
 from amqs.quant.functions import validate_bits
-from amqs.quant.size import qparam_bits, quant_weight_bits
-from amqs.search.objective import ENCODER_PREFIX, Budget
+from amqs.quant.budget import Budget, budget_target_bits
+from amqs.quant.size import ENCODER_PREFIX, qparam_bits, quant_weight_bits
+from amqs.train.losses import LossFn, ce_loss
 
-LossFn = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 SENSITIVITIES = ("hessian", "fisher")
 GRANULARITIES = ("layer", "matrix")
 _LAYER = re.compile(r"(.*\.layer\.\d+)\.")
-
-
-def ce_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    return model(**batch).loss
 
 
 def unit_of(name: str, granularity: str) -> str:
@@ -166,22 +163,6 @@ def allocate_bits(sensitivity: Mapping[str, float], cost: Mapping[str, Mapping[i
         raise ValueError(f"budget of {target_bits / 8:.0f} encoder bytes is infeasible: with bits {choices} the "
                          f"encoder takes {math.ceil(lo / 8)} .. {math.ceil(hi / 8)} bytes")
     return {u: best[u] for u in sensitivity}
-
-
-def budget_target_bits(budget: Budget, fixed_bits: int, fp32_bits: int, weights: int, qparams_8bit: int) -> float:
-    """Target encoder bits of ``budget``, read as ``amqs.search.objective.resolve_budget`` reads it.
-
-    ``avg_bits``: the size of the uniform ``value``-bit model with the same subgroups.
-
-    Example:
-        >>> budget_target_bits(Budget("compression", 4.0), 0, 800, 20, 0)
-        200.0
-    """
-    if budget.kind == "bytes":
-        return 8.0 * budget.value
-    if budget.kind == "compression":
-        return fp32_bits / budget.value
-    return fixed_bits + budget.value * weights + qparams_8bit
 
 
 def mixed_assignment(model: nn.Module, assignment: BitAssignment, batches: Sequence[dict[str, Tensor]],
