@@ -11,10 +11,9 @@ Input activations are fake-quantized at fixed bits (:class:`~amqs.quant.modules.
 embeddings are fixed by :func:`build_supernet` through ``apply_assignment``.
 
 Relaxation modes: ``"gumbel"`` (Gumbel-softmax; the noise is drawn by :func:`resample`, once per
-step for every logits tensor, and only used in training mode), ``"softmax"`` (no noise) and
-``"argmax"`` (one-hot of the most probable choice; no gradient to the logits, for evaluating the
-current architecture). Tied modules hold the *same* logits Parameter, so they always see the same
-probabilities.
+step for every logits tensor, and only used in training mode) and ``"softmax"`` (no noise). The
+derived architecture is the argmax of the logits (:mod:`~amqs.search.derive`). Tied modules hold the
+*same* logits Parameter, so they always see the same probabilities.
 
 Example::
 
@@ -41,7 +40,7 @@ from amqs.quant.surgery import apply_assignment
 from amqs.quant.targets import select_modules
 from amqs.search.space import SearchSpace
 
-MODES = ("gumbel", "softmax", "argmax")
+MODES = ("gumbel", "softmax")
 
 
 @dataclass(frozen=True)
@@ -167,8 +166,6 @@ class SupernetLinear(nn.Linear):
     def probs(self) -> Tensor:
         """Choice probabilities ``p[G, C]`` under the current mode, temperature and noise."""
         logits = self.arch_logits
-        if self.mode == "argmax":
-            return F.one_hot(logits.detach().argmax(-1), logits.shape[-1]).to(logits.dtype)
         if self.mode == "gumbel" and self.training and self.noise is not None:
             logits = logits + self.noise
         return torch.softmax(logits / self.tau, dim=-1)
