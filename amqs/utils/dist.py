@@ -96,7 +96,7 @@ def collective_device() -> torch.device:
 
 
 def all_reduce_mean(tensors: Iterable[torch.Tensor | None]) -> None:
-    """Average tensors (e.g. buffers) across ranks in place, every rank weighing the same; a no-op in a single process."""
+    """Average tensors (e.g. buffers) across ranks in place, each rank weighing the same; no-op in one process."""
     n = world_size()
     if n == 1:
         return
