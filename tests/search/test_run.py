@@ -155,6 +155,17 @@ def test_sigkilled_run_resumes_bit_for_bit(search_cfg: DictConfig, tmp_path: Pat
         assert _log_steps(killed_dir / log) == [2, 4, 6, 8]
 
 
+def test_cuda_without_cuda_is_refused_before_anything_runs(search_cfg: DictConfig, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    search_cfg.device = "cuda"
+    with pytest.raises(ValueError) as e:
+        search_app(search_cfg)
+    assert str(e.value) == ("device=cuda: no CUDA device is visible here (torch.cuda.is_available() is False); "
+                            "use device=cpu")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_infeasible_budget_fails_before_training(search_cfg: DictConfig) -> None:
     search_cfg.budget.value = 1000.0
     with pytest.raises(ValueError, match="feasible range"):
