@@ -23,10 +23,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rows,steps", [(256, 4), (65, 2)], ids=["even", "uneven"])
-def test_search_on_two_processes(tmp_path: Path, glue_dir: Path, rows: int, steps: int) -> None:
+# uneven: also a checkpoint after step 1 (both ranks' RNG states gathered into rank 0's file).
+@pytest.mark.parametrize("rows,steps,every", [(256, 4, 4), (65, 2, 1)], ids=["even", "uneven"])
+def test_search_on_two_processes(tmp_path: Path, glue_dir: Path, rows: int, steps: int, every: int) -> None:
     overrides = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}",
-                 f"data.max_train_examples={rows}"]
+                 f"data.max_train_examples={rows}", f"train.checkpoint_every={every}"]
     finetune(compose_cfg("finetune", overrides))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "amqs.search.app", *overrides, "train.num_threads=1"]
