@@ -10,6 +10,7 @@ and round-trips exactly through JSON (:meth:`BitAssignment.to_json` /
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,12 +183,18 @@ class BitAssignment:
         return cls(modules=modules, scheme=d["scheme"], act_bits=d["act_bits"], meta=d["meta"], version=d["version"])
 
     def to_json(self, path: str | Path) -> None:
-        """Write as JSON (integer lists kept on one line so files stay readable)."""
+        """Write as JSON (integer lists kept on one line so files stay readable).
+
+        Atomic (a temporary file, then ``os.replace``): a killed run leaves the old file or the new one.
+        """
         text = json.dumps(self.to_dict(), indent=2)
         # Only lists json.dumps spread over lines match (strings never hold raw
         # newlines), so string contents in `meta` are never touched.
         text = _INT_LIST.sub(lambda m: json.dumps(json.loads(m.group(0))), text)
-        Path(path).write_text(text + "\n")
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BitAssignment":

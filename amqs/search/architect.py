@@ -133,7 +133,8 @@ class Architect:
             raise ValueError(f"{type(model).__name__} has no architecture parameters; call build_supernet first")
         self.weights = weight_parameters(model)
         self.optimizer = _arch_optimizer(self.arch, self.cfg)
-        # Called with the architecture gradients before the update (multi-process: average them).
+        # Called with the architecture gradients before the update (multi-process: average them across
+        # ranks, weighted by batch size: amqs.utils.dist.all_reduce_weighted).
         self.grad_hook: Callable[[list[Tensor]], None] | None = None
 
     def active(self, step: int, steps_per_epoch: int | None = None) -> bool:
@@ -225,8 +226,8 @@ def search_step(
     """One bilevel step: set ``tau``, resample the Gumbel noise, arch step (after warm-up), weight step.
 
     The architecture step comes first (DARTS order) and both steps see the same noise sample.
-    ``grad_hook`` sees the weight gradients before clipping (multi-process: average them; the
-    architect's own ``grad_hook`` does the same for the logits).
+    ``grad_hook`` sees the weight gradients before clipping (multi-process: average them across ranks,
+    weighted by batch size; the architect's own ``grad_hook`` does the same for the logits).
     Returns ``{"train_loss", "val_loss" (only when the architecture moved)}``.
 
     Example:

@@ -9,8 +9,15 @@
 - ``retrain/`` — the QAT run of that assignment (``amqs.train.qat.run_qat``);
 - ``metrics.json`` and ``config.yaml``.
 
-Each phase resumes: a killed search continues from its last checkpoint (weights, logits, both
-optimizers, scheduler, RNG and sampler positions); a finished search is not redone.
+Every phase may be killed at any instant (even ``kill -9``) and the run started again: the search
+continues from its last checkpoint (weights, logits, both optimizers, scheduler, every rank's RNG
+states, the Gumbel generator; sampler positions follow from the step) and ends with the weights an
+uninterrupted run has, bit for bit; its log is cut back to the checkpoint's step first, so it holds
+each step once. ``bits.json`` and ``metrics.json`` are written atomically; the retrain resumes from
+its own checkpoint. A finished search is not redone.
+
+The search runs on ``device`` (supernet, teacher and batches; the Gumbel noise is drawn on the CPU),
+under torchrun on one shard per rank with gradients averaged by batch size (``amqs.utils.dist``).
 
 Example::
 
@@ -26,11 +33,14 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -40,17 +50,20 @@ from amqs.quant import BitAssignment, pruned_fraction, weight_bits_of
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.derive import derived_assignment
 from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
-from amqs.search.space import load_space
+from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
 from amqs.train.distill import DistillLoss
+from amqs.train.loop import STATE_FILE as FIT_STATE_FILE
 from amqs.train.loop import NonFiniteLossError, ResumableSampler, seed_everything
 from amqs.train.qat import load_teacher, run_qat
-from amqs.utils.dist import all_reduce_mean, average_buffers, barrier, init_distributed, is_main, same_on_all_ranks
+from amqs.utils.dist import (all_gather_objects, all_reduce_weighted, average_buffers, barrier, init_distributed,
+                             is_main, resolve_device, same_on_all_ranks)
 from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
+LOG_FILE = "search_log.jsonl"
 
 # Called at every search log point with the global step and the logged row (rank 0 only); an
 # exception it raises (e.g. ``optuna.TrialPruned``) ends the search and propagates to the caller.
@@ -61,120 +74,231 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results_dir) / "runs" / cfg.name
 
 
-def _cycle(loader: DataLoader, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches of ``loader``, epoch after epoch, starting at global batch ``start_step``."""
+@dataclass
+class _Search:
+    """One process's search: the supernet, what trains it, and how far it got."""
+
+    model: nn.Module
+    objective: SearchObjective
+    train_loss: DistillLoss
+    architect: Architect
+    wopt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gumbel: torch.Generator  # seeded alike on every rank: all ranks sample the same architecture
+    total: int  # steps
+    ckpt: Path  # the checkpoint file (rank 0 writes it, every rank reads it)
+    device: torch.device
+    step: int = 0
+    seconds: float = 0.0  # search time so far (a resumed run's earlier part included)
+
+
+def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None) -> BitAssignment:
+    """Train the supernet bilevel and return the derived, repaired assignment (resumable, exactly).
+
+    Under torchrun every rank trains on its shard of both splits and gradients (weights and
+    logits) are averaged by batch size, so all ranks hold the same supernet; rank 0 logs and
+    checkpoints. ``on_progress(step, row)`` sees every logged row on rank 0 (pruning is for
+    single-process runs: under torchrun an exception from it would stop rank 0 alone).
+    """
+    rank, world = init_distributed(cfg.device)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)  # the logits' initial noise: the same on every rank
+    splits = load_glue(cfg.data)
+    teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
+    model, space = _supernet(cfg, teacher, device)
+    objective = _objective(cfg, model, space)  # fails early on an infeasible budget
+    loaders = _loaders(cfg, splits, tokenizer, rank, world)
+    s = _trainer(cfg, model, teacher, objective, len(loaders[0]), out / "checkpoint" / STATE_FILE, device)
+    _restore_or_start(s, cfg.train.seed, rank, world)
+    if rank == 0:
+        _keep_rows_up_to(out / LOG_FILE, s.step)  # a killed run's rows after its checkpoint are redone
+    _step_loop(cfg, s, *loaders, out / LOG_FILE, on_progress)
+    return _derive(cfg, s, space, world)
+
+
+def _supernet(cfg: DictConfig, teacher: nn.Module, device: torch.device) -> tuple[nn.Module, SearchSpace]:
+    """A copy of the teacher turned into the supernet of ``cfg.search.space``, on ``device``."""
+    s = cfg.search
+    space = load_space(s.space)
+    model = copy.deepcopy(teacher)
+    # init_bias: a uniform mix over {0,2,4,8} scales every weight by ~0.75; starting near the most
+    # precise choice keeps the teacher's function, and the size loss walks subgroups down from there.
+    build_supernet(model, space, init_std=s.init_std, init_bias=s.init_bias)  # on the CPU: the same logits anywhere
+    set_relaxation(model, mode=s.relaxation)
+    return model.to(device), space
+
+
+def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchObjective:
+    """The architecture loss ``CE + lam * L_size`` for the budget (``ValueError`` when it is infeasible)."""
+    target = resolve_budget(_budget(cfg), model, space.encoder_prefix)
+    return SearchObjective(target_bytes=target, lam=cfg.search.lam, eps=cfg.search.eps, task_loss=ce_loss,
+                           encoder_prefix=space.encoder_prefix)
+
+
+def _budget(cfg: DictConfig) -> Budget:
+    return Budget(cfg.budget.kind, float(cfg.budget.value))
+
+
+def _loaders(cfg: DictConfig, splits: dict, tokenizer: Any, rank: int, world: int) -> tuple[DataLoader, DataLoader]:
+    """Shuffled, resumable loaders of this rank's shard of the train and search-validation splits."""
+    mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731
+                                         batch_size=cfg.train.batch_size, shuffle=True, seed=seed,
+                                         rank=rank, world_size=world)
+    return mk("train", cfg.train.seed), mk("search_val", cfg.train.seed + 1)
+
+
+def _trainer(cfg: DictConfig, model: nn.Module, teacher: nn.Module, objective: SearchObjective,
+             steps_per_epoch: int, ckpt: Path, device: torch.device) -> _Search:
+    """The losses, both optimizers, the scheduler and the Gumbel generator of a fresh search."""
+    s, d = cfg.search, cfg.distill
+    total = max(1, math.ceil(s.epochs * steps_per_epoch))
+    train_loss = DistillLoss(teacher.to(device) if (d.kd_weight or d.hidden_weight) else None, d)
+    arch_cfg = ArchitectConfig(**OmegaConf.to_container(s.arch, resolve=True))
+    architect = Architect(model, val_loss=objective, train_loss=train_loss, cfg=arch_cfg)
+    wopt = weight_optimizer(model, s.weight_lr, cfg.train.weight_decay)
+    sched = get_linear_schedule_with_warmup(wopt, int(cfg.train.warmup_ratio * total), total)
+    gumbel = torch.Generator().manual_seed(cfg.train.seed)  # a CPU generator: resample() moves the noise
+    return _Search(model, objective, train_loss, architect, wopt, sched, gumbel, total, ckpt, device)
+
+
+def _restore_or_start(s: _Search, seed: int, rank: int, world: int) -> None:
+    """Continue exactly where the checkpoint left off, or seed this rank's dropout for a fresh start."""
+    if not s.ckpt.exists():
+        torch.manual_seed(seed + 1000 * rank)  # dropout differs across ranks; seeded once, at step 0
+        return
+    st = torch.load(s.ckpt, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    rngs = st.get("rng", [{"torch": st.get("torch_rng")}])  # (one process's, in older checkpoints)
+    if len(rngs) != world:
+        raise RuntimeError(f"{s.ckpt} was made by {len(rngs)} process(es), this run has {world}: rerun with "
+                           f"torchrun --nproc_per_node={len(rngs)}, or delete the checkpoint to start over")
+    s.model.load_state_dict(st["model"])
+    s.wopt.load_state_dict(st["wopt"])
+    s.sched.load_state_dict(st["sched"])
+    s.architect.load_state_dict(st["architect"])
+    s.gumbel.set_state(st["gumbel_rng"])
+    _set_rng_state(rngs[rank], s.device)
+    s.step, s.seconds = st["step"], st["seconds"]
+    log.info("resumed the search from %s at step %d/%d", s.ckpt, s.step, s.total)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's global RNG states (dropout): the CPU one, and its CUDA device's on CUDA."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _save_checkpoint(s: _Search) -> None:
+    """Average the buffers, gather every rank's RNG states; rank 0 writes one file atomically."""
+    average_buffers(s.model)  # activation ranges saw different shards
+    rngs = all_gather_objects(_rng_state(s.device))
+    if not is_main():
+        return
+    s.ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = s.ckpt.with_suffix(".tmp")
+    torch.save({"model": s.model.state_dict(), "wopt": s.wopt.state_dict(), "sched": s.sched.state_dict(),
+                "architect": s.architect.state_dict(), "gumbel_rng": s.gumbel.get_state(), "rng": rngs,
+                "step": s.step, "seconds": s.seconds}, tmp)
+    os.replace(tmp, s.ckpt)  # a kill during the write leaves the previous checkpoint
+
+
+def _keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the rows of a JSON-lines log after ``step`` (and a torn last line), atomically."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
+def _keep_retrain_log(folder: Path) -> None:
+    """Cut a killed retrain's log back to its checkpoint's step (``fit`` appends the replayed steps again)."""
+    if (folder / "metrics.json").exists():
+        return
+    state = folder / "checkpoint" / FIT_STATE_FILE
+    step = torch.load(state, map_location="cpu", mmap=True, weights_only=False)["step"] if state.exists() else 0
+    _keep_rows_up_to(folder / "train_log.jsonl", step)
+
+
+def _cycle(loader: DataLoader, start_step: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of ``loader`` on ``device``, epoch after epoch, starting at global batch ``start_step``."""
     sampler = loader.sampler
     n = len(loader)
     epoch, skip = divmod(start_step, n)
     while True:
         if isinstance(sampler, ResumableSampler):
             sampler.set_epoch(epoch, skip=skip * loader.batch_size)
-        yield from loader
+        for batch in loader:
+            yield {k: v.to(device) for k, v in batch.items()}
         epoch, skip = epoch + 1, 0
 
 
-def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None) -> BitAssignment:
-    """Train the supernet bilevel and return the derived, repaired assignment (resumable).
-
-    Under torchrun every rank trains on its shard of both splits and gradients (weights and
-    logits) are averaged, so all ranks hold the same supernet; rank 0 logs and checkpoints.
-    ``on_progress(step, row)`` sees every logged row on rank 0 (pruning is for single-process
-    runs: under torchrun an exception from it would stop rank 0 alone).
-    """
-    s = cfg.search
-    rank, world = init_distributed(cfg.device)
-    main = rank == 0
-    seed_everything(cfg.train.seed)  # the logits' initial noise: the same on every rank
-    task = get_task(cfg.data.task)
-    splits = load_glue(cfg.data)
-    teacher, tokenizer = load_teacher(cfg, task.num_labels)
-    space = load_space(s.space)
-    model = copy.deepcopy(teacher)
-    # init_bias: a uniform mix over {0,2,4,8} scales every weight by ~0.75; starting near the most
-    # precise choice keeps the teacher's function, and the size loss walks subgroups down from there.
-    build_supernet(model, space, init_std=s.init_std, init_bias=s.init_bias)
-    budget = Budget(cfg.budget.kind, float(cfg.budget.value))
-    target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
-    mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731
-                                         batch_size=cfg.train.batch_size, shuffle=True, seed=seed,
-                                         rank=rank, world_size=world)
-    train_loader, val_loader = mk("train", cfg.train.seed), mk("search_val", cfg.train.seed + 1)
-    steps_per_epoch = len(train_loader)
-    total = max(1, math.ceil(s.epochs * steps_per_epoch))
-    d = cfg.distill
-    train_loss = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
-    objective = SearchObjective(target_bytes=target, lam=s.lam, eps=s.eps, task_loss=ce_loss,
-                                encoder_prefix=space.encoder_prefix)
-    arch_cfg = ArchitectConfig(**OmegaConf.to_container(s.arch, resolve=True))
-    architect = Architect(model, val_loss=objective, train_loss=train_loss, cfg=arch_cfg)
-    architect.grad_hook = all_reduce_mean  # no-op in a single process
-    wopt = weight_optimizer(model, s.weight_lr, cfg.train.weight_decay)
-    sched = get_linear_schedule_with_warmup(wopt, int(cfg.train.warmup_ratio * total), total)
-    schedule = TemperatureSchedule(t0=s.t0, eta=s.eta, n0=s.n0, t_min=s.t_min)
-    set_relaxation(model, mode=s.relaxation)
-    gumbel = torch.Generator().manual_seed(cfg.train.seed)
-
-    ckpt = out / "checkpoint"  # stamped with the config hash by prepare_run_dir
-    state_path = ckpt / STATE_FILE
-    step, seconds_before = 0, 0.0
-    if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
-        model.load_state_dict(st["model"])
-        wopt.load_state_dict(st["wopt"])
-        sched.load_state_dict(st["sched"])
-        architect.load_state_dict(st["architect"])
-        torch.set_rng_state(st["torch_rng"])
-        gumbel.set_state(st["gumbel_rng"])
-        step, seconds_before = st["step"], st["seconds"]
-        log.info("resumed the search from %s at step %d/%d", state_path, step, total)
-    torch.manual_seed(cfg.train.seed + 1000 * rank + step)  # dropout differs across ranks
-    train_iter, val_iter = _cycle(train_loader, step), _cycle(val_loader, step)
-    log_path = out / "search_log.jsonl"
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc=f"search {cfg.name}", disable=not (cfg.train.progress and main),
-               dynamic_ncols=True)
-    model.train()
+def _step_loop(cfg: DictConfig, s: _Search, train_loader: DataLoader, val_loader: DataLoader, log_path: Path,
+               on_progress: Optional[ProgressFn]) -> None:
+    """Search steps from ``s.step`` to ``s.total``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
+    main, steps_per_epoch = is_main(), len(train_loader)
+    c = cfg.search
+    schedule = TemperatureSchedule(t0=c.t0, eta=c.eta, n0=c.n0, t_min=c.t_min)
+    batches = zip(_cycle(train_loader, s.step, s.device), _cycle(val_loader, s.step, s.device))
+    bar = tqdm(total=s.total, initial=s.step, desc=f"search {cfg.name}", dynamic_ncols=True,
+               disable=not (cfg.train.progress and main))
+    t0, seconds_before = time.perf_counter(), s.seconds
+    s.model.train()
     with open(log_path if main else os.devnull, "a") as logf:
-        while step < total:
-            epoch = step / steps_per_epoch
-            tau = schedule(epoch)
-            stats = search_step(model, architect, wopt, next(train_iter), next(val_iter), step=step,
-                                train_loss=train_loss, tau=tau, steps_per_epoch=steps_per_epoch,
-                                max_grad_norm=cfg.train.max_grad_norm, scheduler=sched, generator=gumbel,
-                                grad_hook=all_reduce_mean)
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise NonFiniteLossError(f"search loss {stats} at step {step + 1}/{total}; the last checkpoint "
-                                         f"({state_path}) is kept. Lower search.weight_lr / search.arch.lr.")
-            step += 1
+        while s.step < s.total:
+            tau = schedule(s.step / steps_per_epoch)
+            stats = _step(cfg, s, *next(batches), tau, steps_per_epoch)
+            s.step += 1
+            s.seconds = seconds_before + time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}")
-            if step % cfg.train.log_every == 0 or step == total:
-                row = {"step": step, "epoch": step / steps_per_epoch, "tau": tau, **stats, **objective.stats(model)}
+            if s.step % cfg.train.log_every == 0 or s.step == s.total:
+                row = {"step": s.step, "epoch": s.step / steps_per_epoch, "tau": tau, **stats,
+                       **s.objective.stats(s.model)}
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
                 if on_progress is not None and main:
-                    on_progress(step, row)  # may raise (a pruned trial); the last checkpoint stays
+                    on_progress(s.step, row)  # may raise (a pruned trial); the last checkpoint stays
                 bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}",
-                                MB=f"{row['expected_bytes'] / 1e6:.2f}/{target / 1e6:.2f}")
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
-                average_buffers(model)  # activation ranges saw different shards
-                if not main:
-                    continue
-                ckpt.mkdir(parents=True, exist_ok=True)
-                tmp = state_path.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "wopt": wopt.state_dict(), "sched": sched.state_dict(),
-                            "architect": architect.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "gumbel_rng": gumbel.get_state(), "step": step,
-                            "seconds": seconds_before + time.perf_counter() - t0}, tmp)
-                os.replace(tmp, state_path)
+                                MB=f"{row['expected_bytes'] / 1e6:.2f}/{row['target_bytes'] / 1e6:.2f}")
+            if cfg.train.checkpoint_every and s.step % cfg.train.checkpoint_every == 0 and s.step < s.total:
+                _save_checkpoint(s)
     bar.close()
-    average_buffers(model)
-    search_config = OmegaConf.to_container(s, resolve=True)
-    assignment = derived_assignment(model, space, budget, eps=s.eps, search_config=search_config)
+
+
+def _step(cfg: DictConfig, s: _Search, train_batch: dict, val_batch: dict, tau: float,
+          steps_per_epoch: int) -> dict[str, float]:
+    """One bilevel step; each gradient is averaged across ranks weighted by its batch's size."""
+    s.architect.grad_hook = partial(all_reduce_weighted, count=len(val_batch["input_ids"]))
+    stats = search_step(s.model, s.architect, s.wopt, train_batch, val_batch, step=s.step,
+                        train_loss=s.train_loss, tau=tau, steps_per_epoch=steps_per_epoch,
+                        max_grad_norm=cfg.train.max_grad_norm, scheduler=s.sched, generator=s.gumbel,
+                        grad_hook=partial(all_reduce_weighted, count=len(train_batch["input_ids"])))
+    if not all(math.isfinite(v) for v in stats.values()):
+        raise NonFiniteLossError(f"search loss {stats} at step {s.step + 1}/{s.total}; the last checkpoint "
+                                 f"({s.ckpt}) is kept. Lower search.weight_lr / search.arch.lr.")
+    return stats
+
+
+def _derive(cfg: DictConfig, s: _Search, space: SearchSpace, world: int) -> BitAssignment:
+    """The trained supernet's derived, repaired assignment (the same on every rank), with the search's meta."""
+    average_buffers(s.model)
+    search_config = OmegaConf.to_container(cfg.search, resolve=True)
+    assignment = derived_assignment(s.model, space, _budget(cfg), eps=cfg.search.eps, search_config=search_config)
     if not same_on_all_ranks(int(fingerprint(assignment.to_dict()), 16) >> 1):
         raise RuntimeError("the ranks derived different assignments: their supernets diverged")
-    meta = {**assignment.meta, "search_seconds": round(seconds_before + time.perf_counter() - t0, 1),
-            "search_steps": total, "final_arch_entropy": arch_entropy(model), "world_size": world}
+    meta = {**assignment.meta, "search_seconds": round(s.seconds, 1), "search_steps": s.total,
+            "final_arch_entropy": arch_entropy(s.model), "world_size": world}
     return BitAssignment(modules=assignment.modules, scheme=assignment.scheme, act_bits=assignment.act_bits,
                          meta=meta)
 
@@ -215,6 +339,8 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
     barrier()
     if done is not None or (out / "metrics.json").exists():
         log.info("reusing the finished run in %s", out)
+        if is_main():
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)  # left by a kill just after metrics.json
         return done or json.loads((out / "metrics.json").read_text())
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -230,6 +356,7 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
         return {}  # the retrain (a plain QAT run) is single-process: rank 0 does it
     save_config(cfg, out / "config.yaml")
     # The retrain is a plain QAT run of the fixed assignment, in its own folder.
+    _keep_retrain_log(out / "retrain")
     retrain = retrain_assignment(cfg, assignment, "retrain", f"search-{cfg.search.space}", command=command)
     total_bits, avg_bits = weight_bits_of(assignment)
     meta = assignment.meta

@@ -50,7 +50,14 @@ class ResumableSampler(Sampler[int]):
     """A seeded random permutation per epoch that can start part-way through an epoch.
 
     With ``world_size > 1`` each rank takes every ``world_size``-th index of the same permutation
-    (its shard), so ranks see disjoint data; ``skip`` counts within the shard.
+    (its shard), so ranks see disjoint data; like ``torch.utils.data.DistributedSampler`` the
+    permutation is first padded with its own first indices to a multiple of ``world_size``, so every
+    shard has ``ceil(n / world_size)`` indices and every rank runs the same number of batches (a
+    single process is never padded). ``skip`` counts within the shard.
+
+    Example:
+        >>> [list(ResumableSampler(5, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+        [[4, 1, 2], [0, 3, 4]]
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -64,11 +71,17 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g)[self.rank :: self.world_size]
-        return iter(perm[self.skip :].tolist())
+        perm = torch.randperm(self.n, generator=g)
+        pad = self._shard_size() * self.world_size - self.n
+        if pad and self.n:  # DistributedSampler's padding (repeated if the data is smaller than the pad)
+            perm = torch.cat([perm, perm.repeat(math.ceil(pad / self.n))[:pad]])
+        return iter(perm[self.rank :: self.world_size][self.skip :].tolist())
+
+    def _shard_size(self) -> int:
+        return math.ceil(self.n / self.world_size)
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size)) - self.skip
+        return self._shard_size() - self.skip
 
 
 @dataclass

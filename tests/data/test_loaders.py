@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import math
+
 import datasets
+import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from amqs.data import make_loader
 from amqs.models import load_tokenizer
@@ -39,3 +43,18 @@ def test_resumable_sampler_skips_within_epoch_and_reshuffles() -> None:
     s.set_epoch(1)
     assert sorted(s) == list(range(10)) and list(s) != full
     assert torch.equal(torch.tensor(list(ResumableSampler(10, seed=1))), torch.tensor(full))
+
+
+@pytest.mark.parametrize("n,world", [(10, 1), (65, 2), (10, 3), (2, 4)])
+def test_resumable_sampler_pads_shards_like_distributed_sampler(n: int, world: int) -> None:
+    perm = list(ResumableSampler(n, seed=3))  # the epoch's permutation (one process: never padded)
+    assert sorted(perm) == list(range(n))
+    for rank in range(world):
+        shard = list(ResumableSampler(n, seed=3, rank=rank, world_size=world))
+        # DistributedSampler without shuffling yields positions in that permutation.
+        positions = list(DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False))
+        assert shard == [perm[i] for i in positions]
+        assert len(shard) == len(ResumableSampler(n, seed=3, rank=rank, world_size=world)) == math.ceil(n / world)
+        s = ResumableSampler(n, seed=3, rank=rank, world_size=world)
+        s.set_epoch(0, skip=1)
+        assert list(s) == shard[1:] and len(s) == len(shard) - 1

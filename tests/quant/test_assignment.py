@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -48,6 +49,24 @@ def test_json_roundtrip(tmp_path: Path) -> None:
     b.to_json(tmp_path / "again.json")
     assert (tmp_path / "again.json").read_text() == text
 
+
+
+def test_to_json_replaces_the_file_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bits.json"
+    _example().to_json(path)
+    before = path.read_text()
+
+    def killed_before_the_rename(src, dst):
+        raise KeyboardInterrupt  # a kill between writing and renaming
+
+    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        _example().with_bits({"bert.embeddings.word_embeddings": [4]}).to_json(path)
+    assert path.read_text() == before  # never half a file
+    monkeypatch.undo()
+    _example().with_bits({"bert.embeddings.word_embeddings": [4]}).to_json(path)
+    assert BitAssignment.from_json(path).modules["bert.embeddings.word_embeddings"].bits == (4,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bits.json"]
 
 def test_pickle_copy_hash() -> None:
     a = _example()

@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
+import signal
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 import amqs.search.run as search_run
+import amqs.train.qat as qat
 from amqs.finetune import run as finetune
 from amqs.quant import BitAssignment
 from amqs.search.app import run as search_app
@@ -43,33 +49,121 @@ class _Killed(Exception):
     pass
 
 
+def _final_supernet(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """Filled with the supernet's state as the search hands it to derivation."""
+    state: dict[str, torch.Tensor] = {}
+    real = search_run.derived_assignment
+
+    def capture(model, *args, **kwargs):
+        state.clear()
+        state.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(search_run, "derived_assignment", capture)
+    return state
+
+
 @pytest.mark.slow
-def test_killed_search_resumes_to_the_same_assignment(search_cfg: DictConfig, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    search_cfg.train.checkpoint_every = 3
+def test_killed_search_resumes_to_the_same_supernet(search_cfg: DictConfig, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    search_cfg.train.checkpoint_every = 3  # 8 steps: checkpoints at 3 and 6; the kill lands at 5
+    search_cfg.train.log_every = 1
     search_cfg.search.arch.warmup_epochs = 0.0
+    final = _final_supernet(monkeypatch)
     reference = search_run.search(search_cfg, _fresh(tmp_path / "a"))
+    reference_state = dict(final)
 
     real_step, calls = search_run.search_step, {"n": 0}
 
-    def dies_at_step_7(*args, **kwargs):
+    def dies_at_step_6(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 7:
+        if calls["n"] == 6:
             raise _Killed
         return real_step(*args, **kwargs)
 
     out = _fresh(tmp_path / "b")
-    monkeypatch.setattr(search_run, "search_step", dies_at_step_7)
+    monkeypatch.setattr(search_run, "search_step", dies_at_step_6)
     with pytest.raises(_Killed):
         search_run.search(search_cfg, out)
+    assert _log_steps(out / "search_log.jsonl") == [1, 2, 3, 4, 5]  # 4 and 5 are past the checkpoint
     monkeypatch.setattr(search_run, "search_step", real_step)
     resumed = search_run.search(search_cfg, out)
     assert resumed.modules == reference.modules
+    assert final.keys() == reference_state.keys()
+    for k, v in final.items():  # bit for bit: weights, logits, LSQ steps, activation ranges
+        assert torch.equal(v, reference_state[k]), k
+    assert (out / "search_log.jsonl").read_text() == (tmp_path / "a" / "search_log.jsonl").read_text()
+    assert _log_steps(out / "search_log.jsonl") == list(range(1, 9))
+
+
+def _log_steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
 
 def _fresh(path: Path) -> Path:
     (path / "checkpoint").mkdir(parents=True)
     return path
+
+
+def _dies_at(n: int, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` that SIGKILLs its own process at the ``n``-th call: no cleanup code runs."""
+    calls = {"n": 0}
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _app_killed_at(phase: str, n: int, overrides: list[str]) -> None:
+    """The search app, dying at its ``n``-th search step or retrain loss (in a forked child process)."""
+    if phase == "search":
+        search_run.search_step = _dies_at(n, search_run.search_step)
+    else:
+        real_fit = qat.fit
+        qat.fit = lambda *args, loss_fn, **kwargs: real_fit(*args, loss_fn=_dies_at(n, loss_fn), **kwargs)
+    search_app(compose_cfg("search", overrides))
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_bit_for_bit(search_cfg: DictConfig, tmp_path: Path, glue_dir: Path) -> None:
+    # checkpoint_every=4 (smoke): the search dies at step 6 of 8, the retrain at step 7 of 8; each resumes from 4.
+    base = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}", "train.num_threads=1"]
+    fork = multiprocessing.get_context("fork")  # a real process (imports inherited: seconds, not tens)
+    for phase, n in (("search", 6), ("retrain", 7)):  # the second run resumes the search, then dies retraining
+        child = fork.Process(target=_app_killed_at, args=(phase, n, [*base, "name=killed"]))
+        child.start()
+        child.join(timeout=300)
+        assert child.exitcode == -signal.SIGKILL, f"{phase}: exit code {child.exitcode}"
+    killed_dir, ref_dir = tmp_path / "runs" / "killed", tmp_path / "runs" / "reference"
+    assert (killed_dir / "bits.json").exists() and (killed_dir / "retrain" / "checkpoint").exists()
+    resumed = search_app(compose_cfg("search", [*base, "name=killed"]))
+    reference = search_app(compose_cfg("search", [*base, "name=reference"]))
+    for key in ("dev_accuracy", "dev_f1", "dev_accuracy_ptq", "search_val_accuracy", "encoder_bytes", "compression"):
+        assert resumed[key] == reference[key], key
+    bits = [BitAssignment.from_json(d / "bits.json").modules for d in (killed_dir, ref_dir)]
+    assert bits[0] == bits[1]
+    student, ref_student = (torch.load(d / "retrain" / "student.pt") for d in (killed_dir, ref_dir))
+    assert student.keys() == ref_student.keys()
+    for k, v in student.items():
+        assert torch.equal(v, ref_student[k]), k
+    for log in ("search_log.jsonl", "retrain/train_log.jsonl"):  # each step once, with the same numbers
+        assert (killed_dir / log).read_text() == (ref_dir / log).read_text(), log
+        assert _log_steps(killed_dir / log) == [2, 4, 6, 8]
+
+
+def test_cuda_without_cuda_is_refused_before_anything_runs(search_cfg: DictConfig, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    search_cfg.device = "cuda"
+    with pytest.raises(ValueError) as e:
+        search_app(search_cfg)
+    assert str(e.value) == ("device=cuda: no CUDA device is visible here (torch.cuda.is_available() is False); "
+                            "use device=cpu")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_infeasible_budget_fails_before_training(search_cfg: DictConfig) -> None:
