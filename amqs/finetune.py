@@ -26,6 +26,7 @@ from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
 from amqs.train import evaluate, fit, seed_everything
 from amqs.utils.cli import user_errors
+from amqs.utils.dist import resolve_device
 from amqs.utils.run import (check_results_dir, check_writable, command_line, config_hash, git_revision,
                             prepare_run_dir, relative_run, save_config, upsert_csv, write_json)
 
@@ -46,6 +47,7 @@ def teacher_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     """Fine-tune (or reuse) the teacher described by ``cfg``; return its metrics."""
     out = teacher_dir(cfg)
+    device = str(resolve_device(cfg.device))
     check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
     check_writable(Path(cfg.paths.results_dir) / "teachers.csv")
     fp = config_hash(cfg)
@@ -70,8 +72,8 @@ def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     log.info("fine-tuning %s on %s: %d train rows, %d dev rows -> %s",
              cfg.model.source, task.name, len(train_ds), len(splits["dev"]), out)
     result = fit(model, train_loader, cfg.train, ckpt_dir=ckpt, log_file=out / "train_log.jsonl",
-                 device=cfg.device, desc=f"finetune {task.name}")
-    dev = evaluate(model, dev_loader, task.metrics, device=cfg.device)
+                 device=device, desc=f"finetune {task.name}")
+    dev = evaluate(model, dev_loader, task.metrics, device=device)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     save_config(cfg, out / "config.yaml")

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amqs.config import CONF_DIR, FinetuneConfig, register_configs
 from amqs.utils.cli import user_errors
+from amqs.utils.dist import resolve_device
 from amqs.utils.run import check_results_dir, check_writable, command_line, git_revision, write_json
 
 log = logging.getLogger("amqs.pipeline")
@@ -48,6 +49,7 @@ def run(cfg: DictConfig, command: str = "amqs-pipeline") -> dict[str, Any]:
     if cfg.get("outer") is not None:
         raise ValueError("amqs-pipeline runs one search; an Optuna study is amqs-search outer=...")
     root = Path(cfg.paths.results_dir)
+    resolve_device(cfg.device)  # refused before any stage when absent
     check_results_dir(root, smoke=cfg.smoke, model_source=cfg.model.source)
     check_writable(root / STATE_FILE)
     state: dict[str, Any] = {"command": command, "git_revision": git_revision(), "seconds": {}}
@@ -128,7 +130,7 @@ def search_stage(cfg: DictConfig, command: str) -> dict[str, Any]:
 def export_stage(cfg: DictConfig, command: str) -> dict[str, Any]:
     """amqs-export of the retrained model into ``<results_dir>/exports/<name>``, with the dev parity check."""
     from amqs.export.app import export_run
-    from amqs.search.run import run_dir
+    from amqs.utils.run import run_dir
 
     out = Path(cfg.paths.results_dir) / "exports" / cfg.name
     facts = export_run(run_dir(cfg), out, threads=cfg.train.num_threads, results_dir=Path(cfg.paths.results_dir),

@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
 from amqs.outer.study import run_study
-from amqs.search.run import run_dir, run_search
+from amqs.search.run import run_search
 from amqs.train.distill import distill_label
 from amqs.utils.cli import user_errors
-from amqs.utils.run import check_results_dir, check_writable, command_line, relative_run, table_row, upsert_csv
+from amqs.utils.run import (check_results_dir, check_writable, command_line, relative_run, run_dir, table_row,
+                            upsert_csv)
 
 SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
                   "encoder_bytes", "compression", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",

@@ -53,12 +53,12 @@ from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budg
 from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
 from amqs.train.distill import DistillLoss
-from amqs.train.loop import STATE_FILE as FIT_STATE_FILE
-from amqs.train.loop import NonFiniteLossError, ResumableSampler, seed_everything
+from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
 from amqs.train.qat import load_teacher, run_qat
 from amqs.utils.dist import (all_gather_objects, all_reduce_weighted, average_buffers, barrier, init_distributed,
                              is_main, resolve_device, same_on_all_ranks)
-from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
+from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, run_dir, save_config,
+                            write_json)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,6 @@ LOG_FILE = "search_log.jsonl"
 # Called at every search log point with the global step and the logged row (rank 0 only); an
 # exception it raises (e.g. ``optuna.TrialPruned``) ends the search and propagates to the caller.
 ProgressFn = Callable[[int, dict[str, Any]], None]
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.results_dir) / "runs" / cfg.name
 
 
 @dataclass
@@ -111,7 +107,7 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     s = _trainer(cfg, model, teacher, objective, len(loaders[0]), out / "checkpoint" / STATE_FILE, device)
     _restore_or_start(s, cfg.train.seed, rank, world)
     if rank == 0:
-        _keep_rows_up_to(out / LOG_FILE, s.step)  # a killed run's rows after its checkpoint are redone
+        truncate_log(out / LOG_FILE, s.step)  # a killed run's rows after its checkpoint are redone
     _step_loop(cfg, s, *loaders, out / LOG_FILE, on_progress)
     return _derive(cfg, s, space, world)
 
@@ -176,29 +172,15 @@ def _restore_or_start(s: _Search, seed: int, rank: int, world: int) -> None:
     s.sched.load_state_dict(st["sched"])
     s.architect.load_state_dict(st["architect"])
     s.gumbel.set_state(st["gumbel_rng"])
-    _set_rng_state(rngs[rank], s.device)
+    set_rng_state(rngs[rank], s.device)
     s.step, s.seconds = st["step"], st["seconds"]
     log.info("resumed the search from %s at step %d/%d", s.ckpt, s.step, s.total)
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """This process's global RNG states (dropout): the CPU one, and its CUDA device's on CUDA."""
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _save_checkpoint(s: _Search) -> None:
     """Average the buffers, gather every rank's RNG states; rank 0 writes one file atomically."""
     average_buffers(s.model)  # activation ranges saw different shards
-    rngs = all_gather_objects(_rng_state(s.device))
+    rngs = all_gather_objects(rng_state(s.device))
     if not is_main():
         return
     s.ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -209,47 +191,13 @@ def _save_checkpoint(s: _Search) -> None:
     os.replace(tmp, s.ckpt)  # a kill during the write leaves the previous checkpoint
 
 
-def _keep_rows_up_to(path: Path, step: int) -> None:
-    """Drop the rows of a JSON-lines log after ``step`` (and a torn last line), atomically."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
-    if len(kept) < len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-
-
-def _keep_retrain_log(folder: Path) -> None:
-    """Cut a killed retrain's log back to its checkpoint's step (``fit`` appends the replayed steps again)."""
-    if (folder / "metrics.json").exists():
-        return
-    state = folder / "checkpoint" / FIT_STATE_FILE
-    step = torch.load(state, map_location="cpu", mmap=True, weights_only=False)["step"] if state.exists() else 0
-    _keep_rows_up_to(folder / "train_log.jsonl", step)
-
-
-def _cycle(loader: DataLoader, start_step: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches of ``loader`` on ``device``, epoch after epoch, starting at global batch ``start_step``."""
-    sampler = loader.sampler
-    n = len(loader)
-    epoch, skip = divmod(start_step, n)
-    while True:
-        if isinstance(sampler, ResumableSampler):
-            sampler.set_epoch(epoch, skip=skip * loader.batch_size)
-        for batch in loader:
-            yield {k: v.to(device) for k, v in batch.items()}
-        epoch, skip = epoch + 1, 0
-
-
 def _step_loop(cfg: DictConfig, s: _Search, train_loader: DataLoader, val_loader: DataLoader, log_path: Path,
                on_progress: Optional[ProgressFn]) -> None:
     """Search steps from ``s.step`` to ``s.total``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
     main, steps_per_epoch = is_main(), len(train_loader)
     c = cfg.search
     schedule = TemperatureSchedule(t0=c.t0, eta=c.eta, n0=c.n0, t_min=c.t_min)
-    batches = zip(_cycle(train_loader, s.step, s.device), _cycle(val_loader, s.step, s.device))
+    pairs = zip(batches(train_loader, s.step, s.device), batches(val_loader, s.step, s.device))
     bar = tqdm(total=s.total, initial=s.step, desc=f"search {cfg.name}", dynamic_ncols=True,
                disable=not (cfg.train.progress and main))
     t0, seconds_before = time.perf_counter(), s.seconds
@@ -257,7 +205,7 @@ def _step_loop(cfg: DictConfig, s: _Search, train_loader: DataLoader, val_loader
     with open(log_path if main else os.devnull, "a") as logf:
         while s.step < s.total:
             tau = schedule(s.step / steps_per_epoch)
-            stats = _step(cfg, s, *next(batches), tau, steps_per_epoch)
+            stats = _step(cfg, s, *next(pairs), tau, steps_per_epoch)
             s.step += 1
             s.seconds = seconds_before + time.perf_counter() - t0
             bar.update(1)
@@ -356,7 +304,6 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
         return {}  # the retrain (a plain QAT run) is single-process: rank 0 does it
     save_config(cfg, out / "config.yaml")
     # The retrain is a plain QAT run of the fixed assignment, in its own folder.
-    _keep_retrain_log(out / "retrain")
     retrain = retrain_assignment(cfg, assignment, "retrain", f"search-{cfg.search.space}", command=command)
     total_bits, avg_bits = weight_bits_of(assignment)
     meta = assignment.meta

@@ -117,31 +117,34 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill during the write leaves the old checkpoint intact
 
 
-def rng_state() -> dict:
-    """Every RNG a training step draws from (dropout: torch's CPU and CUDA generators), to checkpoint."""
+def rng_state(device: torch.device | str = "cpu") -> dict:
+    """Every RNG a training step draws from (dropout): torch's CPU generator, and on CUDA the device's."""
+    device = torch.device(device)
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` saved (a checkpoint without CUDA state leaves CUDA alone)."""
+def set_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
+    """Restore what :func:`rng_state` saved."""
+    device = torch.device(device)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def truncate_log(path: Optional[Path], step: int) -> None:
-    """Keep only a JSON-lines log's rows of steps ``<= step``: a resumed run replays the steps after its
-    checkpoint, and each step must be logged once. Atomic, like the checkpoints."""
+    """Keep only a JSON-lines log's rows of steps ``<= step`` (and no torn last line): a resumed run replays the
+    steps after its checkpoint, and each step must be logged once. Atomic, like the checkpoints."""
     if path is None or not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 @dataclass
@@ -169,14 +172,14 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
+        set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]}, device)
         self.step, self.seconds_before = state["step"], state.get("seconds", 0.0)
         log.info("resumed from %s at step %d/%d", self.state_path, self.step, self.total_steps)
 
-    def save(self, seconds: float) -> None:
+    def save(self, seconds: float, device: str) -> None:
         _save_state(self.state_path, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step,
+            "scheduler": self.scheduler.state_dict(), "rng": rng_state(device), "step": self.step,
             "total_steps": self.total_steps, "seconds": self.seconds_before + seconds,
         })
 
@@ -199,8 +202,9 @@ def _train_step(run: _Run, batch: dict[str, torch.Tensor], loss_fn: LossFn, max_
     return loss.item()
 
 
-def _batches(loader: DataLoader, start_step: int, device: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches on ``device`` from global step ``start_step`` on, epoch after epoch (mid-epoch needs a
+def batches(loader: DataLoader, start_step: int,
+            device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches on ``device`` from global step ``start_step`` on, epoch after epoch (mid-epoch needs a
     :class:`ResumableSampler`)."""
     sampler = loader.sampler if isinstance(loader.sampler, ResumableSampler) else None
     epoch, in_epoch = divmod(start_step, len(loader))
@@ -243,9 +247,9 @@ def fit(
     loss_value = float("nan")
     bar = tqdm(total=total_steps, initial=run.step, desc=desc, disable=not cfg.progress, dynamic_ncols=True)
     with (open(log_file, "a") if log_file else contextlib.nullcontext()) as logf:
-        batches = _batches(loader, run.step, device)
+        stream = batches(loader, run.step, device)
         while run.step < total_steps:
-            loss_value = _train_step(run, next(batches), loss_fn, cfg.max_grad_norm)
+            loss_value = _train_step(run, next(stream), loss_fn, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -255,7 +259,7 @@ def fit(
                 logf.flush()
             if run.state_path and cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 \
                     and run.step < total_steps:
-                run.save(time.perf_counter() - t0)
+                run.save(time.perf_counter() - t0, device)
     bar.close()
     return FitResult(
         steps=total_steps,

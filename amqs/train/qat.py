@@ -37,16 +37,13 @@ from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTER
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
-from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, save_config,
-                            write_json)
+from amqs.utils.dist import resolve_device
+from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, run_dir,
+                            save_config, write_json)
 
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.pt"  # fake-quant student state (latent weights, ranges, steps); not in git
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.results_dir) / "runs" / cfg.name
 
 
 def load_teacher(cfg: DictConfig, num_labels: int):
@@ -245,6 +242,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     accuracy before training (after the split, for TWS: the ternary model's, by equivalence).
     """
     out = run_dir(cfg)
+    device = str(resolve_device(cfg.device))
     prev = check_recipe(cfg, assignment)
     if prev is not None and student_init is not None:
         raise ValueError("init_from and student_init both name the student's start: pass one")
@@ -263,9 +261,9 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     student, assignment, replaced = build_student(cfg, teacher, assignment, student_init, loaders, out)
     if assignment is not None:
         assignment.to_json(out / "bits.json")
-    teacher.to(cfg.device)
-    student.to(cfg.device)
-    scores, result = _train_and_evaluate(cfg, student, teacher, loaders, task.metrics, out)
+    teacher.to(device)
+    student.to(device)
+    scores, result = _train_and_evaluate(cfg, student, teacher, loaders, task.metrics, out, device)
     torch.save(student.state_dict(), out / STUDENT_FILE)
     save_config(cfg, out / "config.yaml")
     metrics = {"task": task.name, "model": cfg.model.name, "method": cfg.quant.name, "teacher": cfg.teacher.source,
@@ -348,17 +346,17 @@ def check_covers(assignment: BitAssignment, model: nn.Module, cfg: DictConfig) -
 
 
 def _train_and_evaluate(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loaders: _Loaders,
-                        metrics: tuple[str, ...], out: Path) -> tuple[dict[str, Any], Any]:
+                        metrics: tuple[str, ...], out: Path, device: str) -> tuple[dict[str, Any], Any]:
     """PTQ accuracy on dev, QAT with distillation (resumable), then dev and search-val metrics."""
     dev_loader = loaders("dev")
     # Post-training quantization accuracy (ranges from the first batches), before any training.
-    ptq = evaluate(student, dev_loader, metrics, device=cfg.device)
+    ptq = evaluate(student, dev_loader, metrics, device=device)
     d = cfg.distill
     loss_fn = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
     result = fit(student, loaders("train", True), cfg.train, loss_fn=loss_fn, ckpt_dir=out / "checkpoint",
-                 log_file=out / "train_log.jsonl", device=cfg.device, desc=f"qat {cfg.name}")
-    dev = evaluate(student, dev_loader, metrics, device=cfg.device)
-    search_val = evaluate(student, loaders("search_val"), metrics, device=cfg.device) if cfg.eval_search_val else {}
+                 log_file=out / "train_log.jsonl", device=device, desc=f"qat {cfg.name}")
+    dev = evaluate(student, dev_loader, metrics, device=device)
+    search_val = evaluate(student, loaders("search_val"), metrics, device=device) if cfg.eval_search_val else {}
     return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_accuracy_ptq": ptq["accuracy"],
             "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1")}, result
 

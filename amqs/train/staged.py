@@ -19,7 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from amqs.train.qat import run_dir, run_qat
+from amqs.train.qat import run_qat
+from amqs.utils.run import run_dir
 from amqs.utils.run import write_json
 
 log = logging.getLogger(__name__)

@@ -85,6 +85,11 @@ def config_hash(cfg: DictConfig) -> str:
     return fingerprint(c)
 
 
+def run_dir(cfg: DictConfig) -> Path:
+    """A run's folder: ``<paths.results_dir>/runs/<name>`` (QAT runs, searches, their retrains and stages)."""
+    return Path(cfg.paths.results_dir) / "runs" / cfg.name
+
+
 def save_config(cfg: DictConfig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
