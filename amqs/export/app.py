@@ -22,13 +22,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 import torch
-from omegaconf import OmegaConf
 
 from amqs.export.graph import build_model
 from amqs.export.materialize import materialize
 from amqs.quant import BitAssignment, model_size
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
 from amqs.utils.run import git_revision, upsert_csv, write_json
+from amqs.utils.runconfig import load_run_config
 
 log = logging.getLogger("amqs.export")
 
@@ -62,7 +62,7 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssi
     from amqs.train.qat import STUDENT_FILE, load_teacher, quantize_student
 
     d = resolve_run(run_dir)
-    cfg = OmegaConf.load(d / "config.yaml")
+    cfg = load_run_config(d)
     metrics = json.loads((d / "metrics.json").read_text())
     task = get_task(cfg.data.task)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
