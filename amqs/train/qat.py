@@ -36,6 +36,7 @@ from amqs.quant.surgery import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTER
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
+from amqs.utils.provenance import data_fingerprint, provenance
 from amqs.utils.run import config_hash, fingerprint, git_revision, prepare_run_dir, save_config, write_json
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
         "train_examples": result.train_examples, "epochs": cfg.train.epochs, "steps": result.steps,
         "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
         "config_hash": fp, "git_revision": git_revision(), "command": command,
+        "provenance": provenance(cfg.device, torch.get_num_threads()), "data_fingerprint": data_fingerprint(splits, task.name),
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoint")
