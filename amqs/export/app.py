@@ -183,7 +183,8 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
     return {**facts, **parity}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """amqs-export's command line (also parses recorded commands in tests)."""
     p = argparse.ArgumentParser(prog="amqs-export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="a finished amqs-search / amqs-qat run folder")
     p.add_argument("--out", type=Path, required=True, help="the export folder to write")
@@ -192,7 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    help="store pruned neurons/heads as zero rows instead of removing them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the parity check")
     p.add_argument("--results", type=Path, default=Path("results"), help="where exports.csv is updated")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)
     try:

@@ -61,12 +61,17 @@ def record_control(run: str | Path, seed: int, metrics: dict[str, Any], results:
     return render_csv(path, title="Random controls of searched assignments", notes=[NOTE])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The control's command line (also parses recorded commands in tests)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a finished amqs-search run folder (results/runs/<name>)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--results", type=Path, default=Path("results"), help="folder of controls.csv")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     command = "python -m amqs.search.control " + " ".join(sys.argv[1:] if argv is None else argv)
     for seed in args.seeds:
         m = run_control(args.run, seed, command=command)
