@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from amqs.finetune import run as finetune_app
 from amqs.qat import run as qat_app
@@ -90,6 +91,24 @@ def test_replay_folders_never_reuse_a_taken_name(tmp_path: Path) -> None:
     assert replay_folder(tmp_path / "run") == tmp_path / "run-replay"
     (tmp_path / "run-replay").mkdir()
     assert replay_folder(tmp_path / "run") == tmp_path / "run-replay2"
+
+
+@pytest.mark.parametrize("folder", ["results/teachers/minilm-l6-sst2", "results/runs/sst2-progressive/2-w4",
+                                    "results/runs/sst2-default-compression13.0/retrain",
+                                    "results/studies/quick-sst2-minilm-l6-heldout/runs/trial_0003",
+                                    "results/studies/quick-sst2-minilm-l6-heldout/runs/trial_0003/retrain"])
+def test_a_rerun_is_placed_beside_its_run(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amqs.finetune import teacher_dir
+    from amqs.replay import _placed
+    from amqs.train.qat import run_dir
+
+    monkeypatch.chdir(REPO)
+    plan = check_run(folder)
+    cfg = _placed(plan.saved.cfg, plan, replay_folder(plan.folder))
+    where = teacher_dir(cfg) if plan.role == "teacher" else run_dir(cfg)
+    assert where == Path(f"{folder}-replay") and not cfg.overwrite
+    same = ["train.seed", "data.max_train_examples", "model.source"] + (["teacher.source"] if plan.role != "teacher" else [])
+    assert all(OmegaConf.select(cfg, k) == OmegaConf.select(plan.saved.cfg, k) for k in same)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
