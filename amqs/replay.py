@@ -81,7 +81,8 @@ class Plan:
 
     @property
     def missing_weights(self) -> list[Input]:
-        return [i for i in self.inputs if i.weights and not i.ok] + [w for c in self.children for w in c.missing_weights]
+        own = [i for i in self.inputs if i.weights and not i.ok]
+        return own + [w for c in self.children for w in c.missing_weights]
 
 
 def check_run(folder: str | Path) -> Plan:
@@ -363,7 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             plan = check_run(args.run)
             print("\n".join(describe(plan)))
             weights = plan.missing_weights
-            print(f"ok: replayable{f' once the {len(weights)} missing weights (not in git) are remade' if weights else ''}")
+            later = f" once the {len(weights)} missing weights (not in git) are remade" if weights else ""
+            print(f"ok: replayable{later}")
             return
         old, new, out = replay_run(args.run)
     except (ReplayError, RunConfigError, FileNotFoundError) as e:

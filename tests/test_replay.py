@@ -69,7 +69,8 @@ def test_check_cli_prints_the_command_and_the_filled_keys(capsys: pytest.Capture
     main(["results/runs/sst2-default-compression13.0", "--check"])
     out = capsys.readouterr().out
     assert "recorded: amqs-search budget=c13 teacher=shared_sst2" in out
-    assert "amqs-replay results/runs/sst2-default-compression13.0   -> results/runs/sst2-default-compression13.0-replay" in out
+    run = "results/runs/sst2-default-compression13.0"
+    assert f"amqs-replay {run}   -> {run}-replay" in out
     assert "filled from today's defaults: quant.tws, init_from" in out and out.rstrip().endswith("ok: replayable")
 
 
@@ -107,7 +108,8 @@ def test_a_rerun_is_placed_beside_its_run(folder: str, monkeypatch: pytest.Monke
     cfg = _placed(plan.saved.cfg, plan, replay_folder(plan.folder))
     where = teacher_dir(cfg) if plan.role == "teacher" else run_dir(cfg)
     assert where == Path(f"{folder}-replay") and not cfg.overwrite
-    same = ["train.seed", "data.max_train_examples", "model.source"] + (["teacher.source"] if plan.role != "teacher" else [])
+    same = ["train.seed", "data.max_train_examples", "model.source"]
+    same += ["teacher.source"] if plan.role != "teacher" else []
     assert all(OmegaConf.select(cfg, k) == OmegaConf.select(plan.saved.cfg, k) for k in same)
 
 

@@ -48,7 +48,8 @@ def _leaves(node, prefix: str = "") -> list[str]:
     out = []
     for k in node.keys():
         child = node._get_node(k)
-        out += _leaves(child, f"{prefix}{k}.") if OmegaConf.is_dict(child) and not child._is_none() else [f"{prefix}{k}"]
+        section = OmegaConf.is_dict(child) and not child._is_none()
+        out += _leaves(child, f"{prefix}{k}.") if section else [f"{prefix}{k}"]
     return out
 
 def test_an_old_config_is_filled_from_defaults_in_one_log_line(tmp_path: Path, caplog) -> None:
@@ -87,7 +88,8 @@ def test_no_other_reader_loads_a_run_config_with_omegaconf_alone() -> None:
     """Every saved config is read through amqs.utils.runconfig, so old runs keep loading."""
     pattern = re.compile(r"OmegaConf\.load\(")
     this = Path(__file__).resolve()
-    offenders = [f"{p.relative_to(REPO)}:{i}" for folder in ("amqs", "bench", "tests") for p in (REPO / folder).rglob("*.py")
+    files = [p for folder in ("amqs", "bench", "tests") for p in (REPO / folder).rglob("*.py")]
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in files
                  if p.resolve() not in (this, Path(runconfig.__file__).resolve())
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, f"read saved configs with amqs.utils.runconfig.load_run_config: {offenders}"
