@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shutil
 import sys
 import time
@@ -35,20 +34,11 @@ import pandas as pd
 import torch
 
 from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, load_session
+from amqs.utils.provenance import cpu_name
 
 BENCH_COLUMNS = ("model", "runtime", "batch", "length", "threads", "cpu", "p50_ms", "p90_ms", "mean_ms",
                  "speedup_vs_ort_fp32", "speedup_vs_ort_int8", "file_bytes", "removed_ffn_fraction",
                  "dev_accuracy")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def parse_shape(s: str) -> tuple[int, int]:
@@ -200,7 +190,8 @@ def write_report(df: pd.DataFrame, out: Path, *, threads: int, warmup: int, roun
     (out / "bench.md").write_text(to_markdown(df, "CPU latency, side by side", notes))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """amqs-bench's command line (also parses recorded commands in tests)."""
     p = argparse.ArgumentParser(prog="amqs-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--fp32-run", type=Path, required=True, help="the fp32 run (e.g. results/runs/sst2-fp32)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=EXPORT_DIR",
@@ -213,7 +204,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/bench"),
                    help="folder of bench.csv/bench.md (default outputs/bench; the measured table: --out results)")
     p.add_argument("--work", type=Path, default=Path("exports/bench"), help="where the baselines are exported")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parser().parse_args(argv)
     models = {}
     for spec in args.model:
         name, sep, path = spec.partition("=")

@@ -106,6 +106,9 @@ class FinetuneConfig:
     # Retrain even if results/teachers/<model>-<task>/ already holds a teacher of this config.
     overwrite: bool = False
     device: str = "cpu"
+    # The teacher's folder under results/teachers/ (amqs-replay writes <name>-replay); None: the derived
+    # <model>-<task>[-heldout]. Not hashed: it says where a run goes, not what it computes.
+    name: Optional[str] = None
     # A debug run (debug=smoke sets it): it never writes the repository's measured results (results/).
     smoke: bool = False
 

@@ -28,7 +28,8 @@ from amqs.train import evaluate, fit, seed_everything
 from amqs.utils.cli import user_errors
 from amqs.utils.dist import resolve_device
 from amqs.utils.run import (check_results_dir, check_writable, command_line, config_hash, git_revision,
-                            prepare_run_dir, relative_run, save_config, upsert_csv, write_json)
+                            prepare_run_dir, relative_run, save_config, table_row, upsert_csv, write_json)
+from amqs.utils.provenance import data_fingerprint, provenance
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,24 @@ TEACHER_COLUMNS = ("run", "task", "model", "search_val", "dev_accuracy", "dev_f1
 def teacher_dir(cfg: DictConfig) -> Path:
     """``results/teachers/<model>-<task>``; ``-heldout`` when the search-val split was kept out of
     training (``train.use_search_val=false``), so that students selected on search-val are not
-    selected on rows their teacher memorised (conf/teacher/heldout.yaml points here)."""
+    selected on rows their teacher memorised (conf/teacher/heldout.yaml points here). ``name``, when set,
+    is the folder's name instead (amqs-replay's ``<teacher>-replay``)."""
+    if cfg.get("name"):
+        return Path(cfg.paths.results_dir) / "teachers" / cfg.name
     suffix = "" if cfg.train.use_search_val else "-heldout"
     return Path(cfg.paths.results_dir) / "teachers" / f"{cfg.model.name}-{cfg.data.task}{suffix}"
 
 
 def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
-    """Fine-tune (or reuse) the teacher described by ``cfg``; return its metrics."""
+    """Fine-tune (or reuse) the teacher described by ``cfg``, and upsert its row of ``teachers.csv``."""
+    metrics = finetune(cfg, command)
+    upsert_csv(Path(cfg.paths.results_dir) / "teachers.csv", table_row(metrics, TEACHER_COLUMNS), key=("run",),
+               columns=TEACHER_COLUMNS)
+    return metrics
+
+
+def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
+    """Fine-tune (or reuse) the teacher described by ``cfg`` in its folder; return its metrics (no table)."""
     out = teacher_dir(cfg)
     device = str(resolve_device(cfg.device))
     check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
@@ -85,11 +97,11 @@ def run(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
         "steps": result.steps, "max_length": cfg.data.max_length, "seconds": round(result.seconds, 1),
         "threads": torch.get_num_threads(), "final_loss": result.final_loss, "config_hash": fp,
         "git_revision": git_revision(), "command": command, "run": relative_run(out, cfg.paths.results_dir),
+        "provenance": provenance(device, torch.get_num_threads()),
+        "data_fingerprint": data_fingerprint(splits, task.name),
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(ckpt)
-    upsert_csv(Path(cfg.paths.results_dir) / "teachers.csv",
-               {k: metrics.get(k) for k in TEACHER_COLUMNS}, key=("run",), columns=TEACHER_COLUMNS)
     log.info("dev %s: %s", task.name, {k: v for k, v in dev.items()})
     return metrics
 

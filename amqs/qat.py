@@ -35,14 +35,19 @@ def run(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
     """Train (or reuse) the run, in stages for a staged recipe; record it in <results_dir>/baselines.csv."""
     check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
     check_writable(Path(cfg.paths.results_dir) / "baselines.csv")
-    if cfg.get("assignment"):
-        metrics = run_qat(cfg, load_assignment_file(cfg), command=command)
-    elif cfg.get("staged") is not None:
-        metrics = run_staged(cfg, command=command)
-    else:
-        metrics = run_qat(cfg, command=command)
+    metrics = train(cfg, command)
     record(metrics, cfg.paths.results_dir)
     return metrics
+
+
+def train(cfg: DictConfig, command: str = "amqs-qat") -> dict[str, Any]:
+    """Train (or reuse) the run in ``<results_dir>/runs/<name>``, in stages for a staged recipe; return its metrics
+    (no table)."""
+    if cfg.get("assignment"):
+        return run_qat(cfg, load_assignment_file(cfg), command=command)
+    if cfg.get("staged") is not None:
+        return run_staged(cfg, command=command)
+    return run_qat(cfg, command=command)
 
 
 def load_assignment_file(cfg: DictConfig) -> BitAssignment:

@@ -22,9 +22,10 @@ import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amqs.bench import cpu_name, time_interleaved  # noqa: E402
+from amqs.bench import time_interleaved  # noqa: E402
 from amqs.report.tables import to_markdown  # noqa: E402
 from amqs.runtime import session_options  # noqa: E402
+from amqs.utils.provenance import cpu_name  # noqa: E402
 
 SHAPES = [(384, 384), (384, 1536), (1536, 384)]
 

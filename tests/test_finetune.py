@@ -46,3 +46,15 @@ def test_cli_rejects_unknown_key(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "amqs.finetune", "debug=smoke", "train.epoch=2"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "epoch" in proc.stderr
+
+
+def test_name_sets_the_teacher_folder_without_changing_the_hash(tmp_path: Path) -> None:
+    from amqs.finetune import teacher_dir
+    from amqs.utils.run import config_hash
+    from tests.conftest import compose_cfg
+
+    derived = compose_cfg("finetune", ["debug=smoke", f"paths.results_dir={tmp_path}"])
+    named = compose_cfg("finetune", ["debug=smoke", f"paths.results_dir={tmp_path}", "name=bert-tiny-sst2-replay"])
+    assert teacher_dir(derived) == tmp_path / "teachers" / "bert-tiny-sst2"
+    assert teacher_dir(named) == tmp_path / "teachers" / "bert-tiny-sst2-replay"
+    assert config_hash(named) == config_hash(derived)

@@ -22,7 +22,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 import torch
-from omegaconf import OmegaConf
 
 from amqs.export.graph import build_model
 from amqs.export.materialize import materialize
@@ -30,6 +29,7 @@ from amqs.quant import BitAssignment, model_size, pruned_fraction
 from amqs.quant.size import ENCODER_PREFIX
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
 from amqs.utils.run import git_revision, upsert_csv, write_json
+from amqs.utils.runconfig import load_run_config
 
 log = logging.getLogger("amqs.export")
 
@@ -63,7 +63,7 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssi
     from amqs.train.qat import STUDENT_FILE, load_teacher, quantize_student
 
     d = resolve_run(run_dir)
-    cfg = OmegaConf.load(d / "config.yaml")
+    cfg = load_run_config(d)
     metrics = json.loads((d / "metrics.json").read_text())
     task = get_task(cfg.data.task)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
@@ -175,7 +175,8 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
     return {**facts, **parity}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """amqs-export's command line (also parses recorded commands in tests)."""
     p = argparse.ArgumentParser(prog="amqs-export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="a finished amqs-search / amqs-qat run folder")
     p.add_argument("--out", type=Path, required=True, help="the export folder to write")
@@ -185,7 +186,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the parity check")
     p.add_argument("--results", type=Path, default=Path("outputs"),
                    help="folder of the exports.csv row (default outputs/; the measured table: --results results)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)
     try:

@@ -58,7 +58,7 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
 def render_report(cfg: DictConfig, state: dict[str, Any], path: Path) -> Path:
     """Write the report (and ``bits.png`` beside it); returns its path."""
     from amqs.utils.run import run_dir
-    from amqs.bench import cpu_name
+    from amqs.utils.provenance import cpu_name
 
     s, t = state["search"], state["teacher"]
     run = run_dir(cfg)

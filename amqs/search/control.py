@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import OmegaConf
-
 from amqs.quant import BitAssignment, shuffle_bits
 from amqs.report.tables import render_csv
 from amqs.search.run import retrain_assignment
 from amqs.search.space import load_space
 from amqs.utils.run import upsert_csv
+from amqs.utils.runconfig import load_run_config
 
 CONTROL_COLUMNS = ("task", "run", "space", "seed", "encoder_bytes", "compression", "search_val_accuracy",
                    "dev_accuracy", "dev_f1", "searched_search_val_accuracy", "searched_dev_accuracy",
@@ -42,7 +41,7 @@ def run_control(run: str | Path, seed: int, command: str = "") -> dict[str, Any]
     if missing:
         raise FileNotFoundError(f"{run} is not a finished amqs-search run: {', '.join(missing)} missing "
                                 "(rerun its amqs-search command to finish it)")
-    cfg = OmegaConf.load(run / "config.yaml")
+    cfg = load_run_config(run)
     cfg.paths.results_dir = str(run.parent.parent)  # results/runs/<name>: wherever the run now lives
     space = load_space(cfg.search.space)
     assignment = shuffle_bits(BitAssignment.from_json(run / "bits.json"), seed, tie_key=space.tie_key)
@@ -62,12 +61,17 @@ def record_control(run: str | Path, seed: int, metrics: dict[str, Any], results:
     return render_csv(path, title="Random controls of searched assignments", notes=[NOTE])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The control's command line (also parses recorded commands in tests)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a finished amqs-search run folder (results/runs/<name>)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--results", type=Path, default=Path("results"), help="folder of controls.csv")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     command = "python -m amqs.search.control " + " ".join(sys.argv[1:] if argv is None else argv)
     for seed in args.seeds:
         m = run_control(args.run, seed, command=command)

@@ -319,6 +319,7 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
         "seconds": round((meta.get("search_seconds") or 0) + retrain["seconds"], 1),
         "search_epochs": cfg.search.epochs, "retrain_epochs": cfg.train.epochs, "reinit": cfg.reinit,
         "config_hash": fp, "git_revision": git_revision(), "command": command,
+        **{k: retrain.get(k) for k in ("provenance", "data_fingerprint")},  # the same process and data
     }
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)

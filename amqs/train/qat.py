@@ -40,6 +40,7 @@ from amqs.train.metrics import evaluate
 from amqs.utils.dist import resolve_device
 from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, run_dir,
                             save_config, write_json)
+from amqs.utils.provenance import data_fingerprint, provenance
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,8 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
                "train_examples": result.train_examples, "epochs": cfg.train.epochs, "steps": result.steps,
                "seconds": round(result.seconds, 1), "final_loss": result.final_loss, "threads": torch.get_num_threads(),
                "config_hash": fp, "git_revision": git_revision(), "command": command,
-               "run": relative_run(out, cfg.paths.results_dir)}
+               "run": relative_run(out, cfg.paths.results_dir), "provenance": provenance(device, torch.get_num_threads()),
+               "data_fingerprint": data_fingerprint(splits, task.name)}
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoint")
     log.info("%s: dev %.4f (PTQ %.4f), encoder %d B (%.2fx)", cfg.name, metrics["dev_accuracy"],

@@ -83,6 +83,16 @@ def run_staged(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     for i, c in enumerate(configs):
         log.info("stage %d/%d: %s (init_from=%s)", i + 1, len(configs), c.name, c.init_from)
         results.append(run_qat(c, command=command))
+    final = summarize_stages(results)
+    write_json(run_dir(configs[-1]) / "metrics.json", final)
+    return final
+
+
+def summarize_stages(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last stage's metrics with ``stages`` and the whole recipe's ``train_examples``, ``epochs``, ``seconds``.
+
+    Also used by amqs-replay, which reruns a staged recipe stage by stage from the saved stage configs.
+    """
     final = dict(results[-1])
     # A reused last stage already holds the summary: its own numbers are the summary's last entry.
     own = [*results[:-1], final["stages"][-1] if "stages" in final else final]
@@ -93,5 +103,4 @@ def run_staged(cfg: DictConfig, command: str = "") -> dict[str, Any]:
         "epochs": round(sum(m["epochs"] for m in stages), 6),
         "seconds": round(sum(m["seconds"] for m in stages), 1),
     })
-    write_json(run_dir(configs[-1]) / "metrics.json", final)
     return final

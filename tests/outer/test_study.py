@@ -11,7 +11,6 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from amqs.finetune import run as finetune
@@ -19,6 +18,7 @@ from amqs.outer.pruning import INTERMEDIATE_ATTR, meets_budget
 from amqs.outer.study import make_storage, run_study
 from amqs.report.app import main as report_main
 from amqs.search.app import run as search_app
+from amqs.utils.runconfig import load_run_config
 from tests.conftest import REPO, compose_cfg
 
 STUDY = "sst2-bert-tiny-default"  # outer.name under debug=smoke
@@ -58,7 +58,7 @@ def test_smoke_study_end_to_end_then_report(overrides: list[str], tmp_path: Path
         log = [json.loads(line) for line in (folder / t.user_attrs["run_dir"] / "search_log.jsonl").open()]
         assert [s for s, _ in t.user_attrs.get(INTERMEDIATE_ATTR, [])] == [r["step"] for r in log if meets_budget(r)]
     # The teacher was resolved once and pinned, so moving paths.results_dir per trial cannot lose it.
-    trial_cfg = OmegaConf.load(folder / "runs" / "trial_0000" / "config.yaml")
+    trial_cfg = load_run_config(folder / "runs" / "trial_0000")
     assert trial_cfg.teacher.source == str((tmp_path / "teachers" / "bert-tiny-sst2" / "model").resolve())
 
     report_main([str(folder)])
