@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import hydra
 import pandas as pd
+import yaml
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,7 +98,8 @@ def teacher_stage(cfg: DictConfig) -> dict[str, Any]:
 def teacher_config(cfg: DictConfig) -> DictConfig:
     """The amqs-finetune config of the teacher the pipeline makes: the model and data of the search, the
     fine-tuning recipe of conf/train/finetune.yaml, search-val held out."""
-    train = OmegaConf.merge(OmegaConf.load(CONF_DIR / "train" / "finetune.yaml"), {
+    recipe = yaml.safe_load((CONF_DIR / "train" / "finetune.yaml").read_text())  # a config group option
+    train = OmegaConf.merge(recipe, {
         "epochs": cfg.pipeline.teacher_epochs, "use_search_val": False, "num_threads": cfg.train.num_threads,
         "progress": cfg.train.progress})
     cap = cfg.pipeline.teacher_max_train_examples
