@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, load_session
+from amqs.utils.cli import user_errors
 from amqs.utils.provenance import cpu_name
 
 BENCH_COLUMNS = ("model", "runtime", "batch", "length", "threads", "cpu", "p50_ms", "p90_ms", "mean_ms",
@@ -213,15 +214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for spec in args.model:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"amqs-bench: --model wants NAME=EXPORT_DIR, got {spec!r}")
+            parser().error(f"--model wants NAME=EXPORT_DIR, got {spec!r}")
         models[name] = Path(path)
     command = "amqs-bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
+    with user_errors("amqs-bench"):
         df = run_bench(args.fp32_run, models, out=args.out, work=args.work, shapes=args.shape or [(1, 128), (8, 128)],
                        threads=args.threads, warmup=args.warmup, rounds=args.rounds, evaluate=args.eval,
                        command=command)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"amqs-bench: {e}") from e
     print(df.to_string(index=False))
 
 

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, open_dict
 
+from amqs.utils.cli import user_errors
 from amqs.utils.run import REPO_ROOT, write_json
 from amqs.utils.runconfig import SCHEMAS, SavedConfig, read_run_config
 
@@ -357,9 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.check else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
-    from amqs.utils.runconfig import RunConfigError
-
-    try:
+    with user_errors("amqs-replay"):
         if args.check:
             plan = check_run(args.run)
             print("\n".join(describe(plan)))
@@ -368,8 +367,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"ok: replayable{later}")
             return
         old, new, out = replay_run(args.run)
-    except (ReplayError, RunConfigError, FileNotFoundError) as e:
-        raise SystemExit(f"amqs-replay: {e}") from None
     print(f"{args.run} -> {out}")
     print("\n".join(compare(old, new)))
 

@@ -76,7 +76,8 @@ def test_check_cli_prints_the_command_and_the_filled_keys(capsys: pytest.Capture
     assert out.rstrip().endswith("ok: replayable")
 
 
-def test_a_missing_input_fails_in_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_input_fails_in_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(REPO)
     run = tmp_path / "runs" / "sst2-mine"
     run.mkdir(parents=True)
@@ -84,7 +85,8 @@ def test_a_missing_input_fails_in_one_line_naming_it(tmp_path: Path, monkeypatch
     (run / "config.yaml").write_text(text.replace("assignment: null", "") + "assignment: /nowhere/bits.json\n")
     with pytest.raises(SystemExit) as e:
         main([str(run), "--check"])
-    assert str(e.value).count("\n") == 0 and "assignment: /nowhere/bits.json MISSING" in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "assignment: /nowhere/bits.json MISSING" in err
     with pytest.raises(ReplayError, match="a study is not rerun as a whole"):
         replay_run(REPO / "results/studies/quick-sst2-minilm-l6-heldout")
 

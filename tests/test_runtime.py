@@ -9,6 +9,7 @@ of layer 0 and some FFN neurons, and the fp32 run; then exports both with the re
 from __future__ import annotations
 
 import csv
+import re
 import json
 import shutil
 from dataclasses import dataclass
@@ -155,9 +156,12 @@ def test_keep_pruned_cli(tiny: TinyExports, tmp_path: Path, capsys: pytest.Captu
                                ExportedModel(tiny.quant_export).predict_logits(texts), rtol=0, atol=1e-5)
 
 
-def test_cli_reports_missing_run(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"amqs-export: .*nowhere: no such run folder"):
+def test_cli_reports_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
         export_main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.match(r"amqs-export: .*nowhere: no such run folder", err)
 
 
 def test_resolve_run(tmp_path: Path) -> None:

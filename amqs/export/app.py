@@ -28,6 +28,7 @@ from amqs.export.materialize import materialize
 from amqs.quant import BitAssignment, model_size, pruned_fraction
 from amqs.quant.size import ENCODER_PREFIX
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
+from amqs.utils.cli import user_errors
 from amqs.utils.run import git_revision, upsert_csv, write_json
 from amqs.utils.runconfig import load_run_config
 
@@ -193,11 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
+    with user_errors("amqs-export"):
         r = export_run(args.run_dir, args.out, evaluate=not args.no_eval, remove_pruned=not args.keep_pruned,
                        threads=args.threads, results_dir=args.results, command=command)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"amqs-export: {e}") from e
     print({k: r[k] for k in ("file_bytes", "accounted_bytes", "removed_ffn_fraction") if k in r}
           | {k: v for k, v in r.items() if k.startswith("dev_") or k == "max_logit_diff"})
 

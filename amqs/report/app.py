@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from amqs.quant import BitAssignment
+from amqs.utils.cli import user_errors
 from amqs.report.pareto import (
     chosen_trial,
     load_baselines,
@@ -80,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--baselines", type=Path, default=None, help="baselines CSV (default: results/baselines.csv "
                                                                 "two levels above the study folder)")
     args = p.parse_args(argv)
-    for path in report(args.study_dir, args.storage, args.study, args.trial, args.baselines):
-        print(path)
+    with user_errors("amqs-report"):
+        for path in report(args.study_dir, args.storage, args.study, args.trial, args.baselines):
+            print(path)
 
 
 if __name__ == "__main__":

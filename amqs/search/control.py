@@ -22,27 +22,29 @@ from amqs.quant import BitAssignment, shuffle_bits
 from amqs.report.tables import render_csv
 from amqs.search.run import retrain_assignment
 from amqs.search.space import load_space
-from amqs.utils.run import upsert_csv
+from amqs.utils.cli import user_errors
+from amqs.utils.run import table_row, upsert_csv
 from amqs.utils.runconfig import load_run_config
 
-CONTROL_COLUMNS = ("task", "run", "space", "seed", "encoder_bytes", "compression", "search_val_accuracy",
+CONTROL_COLUMNS = ("task", "run", "model", "space", "seed", "encoder_bytes", "compression", "search_val_accuracy",
                    "dev_accuracy", "dev_f1", "searched_search_val_accuracy", "searched_dev_accuracy",
-                   "train_examples", "epochs", "seconds", "command")
+                   "train_examples", "epochs", "seconds", "threads", "cpu", "config_hash", "command")
 NOTE = ("Each control permutes the search's derived bit-widths within every matrix (tied Q/K/V together), so its "
         "sizes equal the searched model's to the byte, then retrains exactly like the search's retrain (same "
         "teacher, data, loss, epochs). searched_* = the searched model after its retrain. Selection split: "
         "search-val; dev is reported only.")
 
 
-def run_control(run: str | Path, seed: int, command: str = "") -> dict[str, Any]:
-    """Train (or reuse) the seed's control of the finished search in ``run``; returns its metrics."""
+def run_control(run: str | Path, seed: int, command: str = "", results: str | Path = "outputs") -> dict[str, Any]:
+    """Train (or reuse) the seed's control of the finished search in ``run``, in
+    ``<results>/runs/<run name>/control-shuffled<seed>/`` (never inside ``run``); returns its metrics."""
     run = Path(run)
     missing = [f for f in ("config.yaml", "bits.json", "metrics.json") if not (run / f).exists()]
     if missing:
         raise FileNotFoundError(f"{run} is not a finished amqs-search run: {', '.join(missing)} missing "
                                 "(rerun its amqs-search command to finish it)")
     cfg = load_run_config(run)
-    cfg.paths.results_dir = str(run.parent.parent)  # results/runs/<name>: wherever the run now lives
+    cfg.paths.results_dir = str(results)  # the search run is an input: its control goes where it is asked
     space = load_space(cfg.search.space)
     assignment = shuffle_bits(BitAssignment.from_json(run / "bits.json"), seed, tie_key=space.tie_key)
     return retrain_assignment(cfg, assignment, f"control-shuffled{seed}", f"shuffled{seed}-{space.name}",
@@ -53,7 +55,7 @@ def record_control(run: str | Path, seed: int, metrics: dict[str, Any], results:
     """Upsert the control's row of ``<results>/controls.csv`` (key: run, seed) and rewrite ``controls.md``."""
     run = Path(run)
     searched = json.loads((run / "metrics.json").read_text())
-    row = {**{k: metrics.get(k) for k in CONTROL_COLUMNS if k in metrics}, "run": run.name, "seed": seed,
+    row = {**table_row(metrics, CONTROL_COLUMNS), "run": run.name, "seed": seed,
            "space": searched["space"], "searched_dev_accuracy": searched["dev_accuracy"],
            "searched_search_val_accuracy": searched.get("search_val_accuracy")}
     path = Path(results) / "controls.csv"
@@ -66,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a finished amqs-search run folder (results/runs/<name>)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--results", type=Path, default=Path("results"), help="folder of controls.csv")
+    p.add_argument("--results", type=Path, default=Path("outputs"),
+                   help="folder of the control runs (runs/<run>/control-shuffled<seed>) and controls.csv "
+                        "(default outputs/; the measured table: --results results)")
     return p
 
 
@@ -74,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     command = "python -m amqs.search.control " + " ".join(sys.argv[1:] if argv is None else argv)
     for seed in args.seeds:
-        m = run_control(args.run, seed, command=command)
-        md = record_control(args.run, seed, m, args.results)
+        with user_errors("amqs.search.control"):
+            m = run_control(args.run, seed, command=command, results=args.results)
+            md = record_control(args.run, seed, m, args.results)
         print(f"{args.run} shuffled seed {seed}: dev {m['dev_accuracy']:.4f}, search-val "
               f"{m['search_val_accuracy']}, {m['encoder_bytes']} B -> {md}")
 

@@ -25,7 +25,7 @@ def test_control_keeps_sizes_and_ties_and_trains_like_the_retrain(tmp_path: Path
     control_main([str(run), "--seeds", "0", "1", "--results", str(results)])
     orig = BitAssignment.from_json(run / "bits.json")
     for seed in (0, 1):
-        out = run / f"control-shuffled{seed}"
+        out = results / "runs" / "s" / f"control-shuffled{seed}"  # not inside the searched run (an input)
         shuffled = BitAssignment.from_json(out / "bits.json")
         assert shuffled.meta["shuffled_from_seed"] == seed
         for name, mb in orig.modules.items():
@@ -33,13 +33,15 @@ def test_control_keeps_sizes_and_ties_and_trains_like_the_retrain(tmp_path: Path
         layer = "bert.encoder.layer.0.attention.self."
         assert shuffled.modules[layer + "query"].bits == shuffled.modules[layer + "key"].bits \
             == shuffled.modules[layer + "value"].bits  # tied heads stay tied: a pruned head stays removable
-    assert any(BitAssignment.from_json(run / f"control-shuffled{s}" / "bits.json") != orig for s in (0, 1))
+    assert any(BitAssignment.from_json(results / "runs" / "s" / f"control-shuffled{s}" / "bits.json") != orig
+               for s in (0, 1))
+    assert not list(run.glob("control-*"))
     rows = list(csv.DictReader((results / "controls.csv").open()))
     assert [r["seed"] for r in rows] == ["0", "1"]
     assert {int(r["encoder_bytes"]) for r in rows} == {searched["encoder_bytes"]}
     assert float(rows[0]["searched_dev_accuracy"]) == searched["dev_accuracy"] and rows[0]["space"] == "structured"
     assert "Random controls" in (results / "controls.md").read_text()
-    again = run_control(run, 0)  # finished: reused, not retrained
+    again = run_control(run, 0, results=results)  # finished: reused, not retrained
     assert again["dev_accuracy"] == float(rows[0]["dev_accuracy"])
 
 
