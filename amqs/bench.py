@@ -36,6 +36,7 @@ import torch
 from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, load_session
 from amqs.utils.cli import user_errors
 from amqs.utils.provenance import cpu_name
+from amqs.utils.run import check_results_dir
 
 BENCH_COLUMNS = ("model", "runtime", "batch", "length", "threads", "cpu", "p50_ms", "p90_ms", "mean_ms",
                  "speedup_vs_ort_fp32", "speedup_vs_ort_int8", "file_bytes", "removed_ffn_fraction",
@@ -105,6 +106,7 @@ def run_bench(fp32_run: Path, models: dict[str, Path], *, out: Path, work: Path,
 
     torch.set_num_threads(threads)
     student, tokenizer, cfg, assignment, _ = load_run(fp32_run)
+    check_results_dir(out, smoke=bool(cfg.get("smoke")), model_source=cfg.model.source)
     if assignment is not None:
         raise ValueError(f"--fp32-run {fp32_run} is a quantized run ({fp32_run}/bits.json); give the fp32 run")
     df = bench_against_fp32(student, tokenizer, cfg.data, models, work=work, shapes=shapes, threads=threads,

@@ -103,10 +103,10 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    # Retrain even if results/teachers/<model>-<task>/ already holds a teacher of this config.
+    # Retrain even if <results_dir>/teachers/<model>-<task>/ already holds a finished teacher.
     overwrite: bool = False
     device: str = "cpu"
-    # The teacher's folder under results/teachers/ (amqs-replay writes <name>-replay); None: the derived
+    # The teacher's folder under <results_dir>/teachers/ (amqs-replay writes <name>-replay); None: the derived
     # <model>-<task>[-heldout]. Not hashed: it says where a run goes, not what it computes.
     name: Optional[str] = None
     # A debug run (debug=smoke sets it): it never writes the repository's measured results (results/).

@@ -4,9 +4,9 @@
     amqs-finetune debug=smoke                       # tiny model, a few hundred rows, seconds
     python -m amqs.finetune experiment=mrpc_teacher
 
-Writes ``results/teachers/<model>-<task>/``: ``model/`` (HF folder), ``metrics.json``,
-``config.yaml`` (resolved), ``train_log.jsonl``, and a row of ``results/teachers.csv``. A teacher
-already there with the same config is reused; a killed run resumes from ``checkpoint/``.
+Writes ``<paths.results_dir>/teachers/<model>-<task>/`` (default ``outputs/``): ``model/`` (HF folder),
+``metrics.json``, ``config.yaml`` (resolved), ``train_log.jsonl``, and its row of ``teachers.csv`` there. A
+teacher already there with the same config is reused; a killed run resumes from ``checkpoint/``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TEACHER_COLUMNS = ("run", "task", "model", "search_val", "dev_accuracy", "dev_f1
 
 
 def teacher_dir(cfg: DictConfig) -> Path:
-    """``results/teachers/<model>-<task>``; ``-heldout`` when the search-val split was kept out of
+    """``<results_dir>/teachers/<model>-<task>``; ``-heldout`` when the search-val split was kept out of
     training (``train.use_search_val=false``), so that students selected on search-val are not
     selected on rows their teacher memorised (conf/teacher/heldout.yaml points here). ``name``, when set,
     is the folder's name instead (amqs-replay's ``<teacher>-replay``)."""

@@ -4,7 +4,9 @@
     amqs-pipeline budget=c13 paths.results_dir=outputs/c13 data.max_train_examples=16000 search.epochs=0.5
     amqs-pipeline debug=smoke                    # the tiny random BERT, seconds (tests)
 
-Stages, each a function below, each resumable (rerun the same command after a kill):
+Stages, each a function below. Rerun the same command after a kill: the teacher and the search (with its
+retrain) continue from their checkpoints or are reused when finished; export and bench, minutes at most, are
+redone.
 
 1. **teacher** — ``teacher=auto`` (the default here) takes the shared teacher of this model and task, or one
    amqs-finetune wrote before; when there is none it fine-tunes one with search-val held out;
@@ -13,7 +15,7 @@ Stages, each a function below, each resumable (rerun the same command after a ki
 4. **bench** — ``amqs-bench``: PyTorch fp32 (the teacher), ONNX Runtime fp32, ONNX Runtime int8 (its usual
    dynamic recipe) and the export, interleaved, at each shape and thread count (``bench.csv``, ``bench.md``);
 5. **report** — ``REPORT.md`` (and ``bits.png``): what was made, how good, how small, how fast, and what each
-   stage cost.
+   stage cost (this invocation's wall clock, and the training time the search and retrain recorded).
 
 Everything goes under ``paths.results_dir`` (``outputs/quickstart`` for the quickstart); ``pipeline.json``
 holds the stages' seconds and results.

@@ -1,6 +1,6 @@
 """``amqs-predict DIR --input FILE.tsv``: predict a GLUE-layout TSV with an exported model.
 
-Writes ``index<TAB>prediction<TAB>logit_0<TAB>logit_1...`` (default: ``outputs/predictions/<FILE stem>.tsv``
+Writes ``index<TAB>prediction<TAB>logit_0<TAB>logit_1...`` (default: ``outputs/predictions/<export>/<FILE's folder>-<FILE stem>.tsv``
 under the working directory, never beside the input)
 and, when the file has labels, prints the task's metrics. Files without the label column
 (GLUE's ``test.tsv`` layout) are accepted.
@@ -22,9 +22,11 @@ from amqs.utils.cli import user_errors
 from amqs.utils.run import check_writable
 
 
-def default_output(input_file: Path) -> Path:
-    """``outputs/predictions/<input stem>.tsv``: inputs (a shared data folder, an export) are never written to."""
-    return Path("outputs") / "predictions" / f"{Path(input_file).stem}.tsv"
+def default_output(export_dir: Path, input_file: Path) -> Path:
+    """``outputs/predictions/<export>/<input folder>-<input stem>.tsv`` under the working directory: inputs (a
+    shared data folder, an export) are never written to, and two models or two tasks' ``dev.tsv`` never collide."""
+    input_file = Path(input_file).resolve()
+    return Path("outputs") / "predictions" / Path(export_dir).resolve().name / f"{input_file.parent.name}-{input_file.stem}.tsv"
 
 
 def predict_file(export_dir: Path, input_file: Path, output: Optional[Path] = None, *, batch_size: int = 32,
@@ -37,7 +39,7 @@ def predict_file(export_dir: Path, input_file: Path, output: Optional[Path] = No
     ds = read_glue_tsv(Path(input_file), model.task, allow_unlabeled=True)
     logits = model.predict_dataset(ds, batch_size=batch_size)
     preds = logits.argmax(-1)
-    output = Path(output) if output else default_output(input_file)
+    output = Path(output) if output else default_output(export_dir, input_file)
     check_writable(output)
     with output.open("w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -57,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("export_dir", type=Path, help="a folder written by amqs-export")
     p.add_argument("--input", type=Path, required=True, help="GLUE-layout TSV (with or without labels)")
     p.add_argument("--output", type=Path, default=None,
-                   help="predictions TSV (default: outputs/predictions/<INPUT stem>.tsv)")
+                   help="predictions TSV (default: outputs/predictions/<EXPORT>/<INPUT folder>-<INPUT stem>.tsv)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)

@@ -6,8 +6,9 @@
     amqs-qat recipe=qbert teacher=shared_sst2        # a literature recipe (conf/recipe/, docs/recipes.md)
     amqs-qat assignment=results/runs/sst2-default-compression13.0/bits.json quant.name=my-bits   # given bits
 
-Writes ``results/runs/<name>/`` (bits.json, metrics.json, config.yaml, train_log.jsonl,
-student.pt) and upserts a row of ``results/baselines.csv`` (key: task, method).
+Writes ``<paths.results_dir>/runs/<name>/`` (default ``outputs/runs/<task>-<model>-<method>``: bits.json,
+metrics.json, config.yaml, train_log.jsonl, student.pt) and upserts its row of ``<paths.results_dir>/baselines.csv``
+(key: the run folder).
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def load_assignment_file(cfg: DictConfig) -> BitAssignment:
     presets |= {f.stem for f in (CONF_DIR / "recipe").glob("*.yaml")}
     if cfg.quant.name in presets:
         raise ValueError(f"assignment={path} needs its own method name: add quant.name=<method> (the run folder "
-                         f"results/runs/<task>-<method> and the row of baselines.csv); {cfg.quant.name!r} is the "
+                         f"<results_dir>/runs/<task>-<model>-<method> and its row of baselines.csv); {cfg.quant.name!r} is the "
                          "name of a preset or recipe and would replace its row")
     if not path.is_file():
-        raise FileNotFoundError(f"assignment={path}: no such file (amqs-search writes results/runs/<name>/bits.json)")
+        raise FileNotFoundError(f"assignment={path}: no such file (amqs-search writes <results_dir>/runs/<name>/bits.json)")
     return BitAssignment.from_json(path)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, open_dict
 
 from amqs.utils.cli import user_errors
-from amqs.utils.run import REPO_ROOT, write_json
+from amqs.utils.run import REPO_ROOT, run_dir, shared_models_dir, write_json
 from amqs.utils.runconfig import SCHEMAS, SavedConfig, read_run_config
 
 log = logging.getLogger("amqs.replay")
@@ -147,10 +147,11 @@ def describe(plan: Plan, indent: str = "") -> list[str]:
 
 
 def replay_folder(folder: Path) -> Path:
-    """The first free ``<folder>-replay``, ``-replay2``, ... beside ``folder``."""
+    """Where ``folder`` replays: the first of ``<folder>-replay``, ``-replay2``, ... beside it that is free or holds
+    an unfinished replay (no metrics.json: a killed replay resumes there, from its checkpoint)."""
     for n in range(1, 1000):
         candidate = folder.with_name(f"{folder.name}-replay{n if n > 1 else ''}")
-        if not candidate.exists():
+        if not (candidate / "metrics.json").exists():
             return candidate
     raise ReplayError(f"{folder}: 999 replays already beside it")
 
@@ -301,7 +302,7 @@ def _weights_input(what: str, path: Path) -> Input:
         record = next((p for p in (path.parent / "metrics.json", REPO_ROOT / "results" / "teachers" / name /
                                    "metrics.json") if p.is_file()), None)
         note = f"made by: {_read_json(record).get('command', '?')}" if record else "made by amqs-finetune"
-        shared = Path(os.environ.get("AMQS_SHARED_DIR", REPO_ROOT.parent / "shared")) / "models" / name
+        shared = shared_models_dir() / name
         if shared.is_dir():
             note += f"; or link the shared copy {shared} there"
         return Input(what, str(path), False, weights=True, note=note)
@@ -326,23 +327,18 @@ def _placed(cfg: DictConfig, plan: Plan, out: Path) -> DictConfig:
 
 def _replay_staged(plan: Plan, cfg: DictConfig, command: str) -> dict[str, Any]:
     """Every stage from its saved config, each from the previous replayed stage, then the final run."""
-    from amqs.train.qat import run_dir, run_qat
-    from amqs.train.staged import summarize_stages
+    from amqs.train.staged import run_stages
 
-    results, prev = [], None
-    stages = _stages(plan.folder, plan.metrics)
-    for i, stage in enumerate(stages):
+    configs, prev = [], None
+    for i, stage in enumerate(_stages(plan.folder, plan.metrics)):
         c = _placed(read_run_config(stage).cfg, plan, Path(cfg.paths.results_dir) / "runs" / cfg.name / stage.name)
         with open_dict(c):
             c.init_from = prev if i else c.init_from  # the first stage starts where the recipe did
-        results.append(run_qat(c, command=command))
+        configs.append(c)
         prev = str(run_dir(c))
     with open_dict(cfg):
         cfg.init_from = prev
-    results.append(run_qat(cfg, command=command))
-    final = summarize_stages(results)
-    write_json(run_dir(cfg) / "metrics.json", final)
-    return final
+    return run_stages([*configs, cfg], command)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,12 +4,7 @@
 # lr 2e-5, logit distillation), all starting from the shared fp32 SST-2 teacher
 # (../shared/models/minilm-l6-sst2, dev 0.8933). Resumable: rerun after a kill.
 set -euo pipefail
-export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
-# The measured tables live in results/ (runs default to the git-ignored outputs/), under the run names they
-# were recorded with (before run names carried the model).
-RESULTS="paths.results_dir=results"
-QAT_NAME='name=${data.task}-${quant.name}'
-SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
+source "$(dirname "$0")/measured.sh"
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
 for q in fp32 w8a8 w4a8 w2a8; do
   amqs-qat quant=$q "$QAT_NAME" $RESULTS $BUDGET

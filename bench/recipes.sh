@@ -8,12 +8,7 @@
 # (results/teachers/minilm-l6-mrpc), 3 epochs. Extra overrides for every run: AMQS_EXTRA="train.num_threads=1 ...".
 # Resumable: rerun after a kill (finished runs and stages are reused, a killed one resumes).
 set -euo pipefail
-export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
-# The measured tables live in results/ (runs default to the git-ignored outputs/), under the run names they
-# were recorded with (before run names carried the model).
-RESULTS="paths.results_dir=results"
-QAT_NAME='name=${data.task}-${quant.name}'
-SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
+source "$(dirname "$0")/measured.sh"
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
 for r in ${RECIPES:-q8bert qbert ternarybert binarybert kdlsq progressive}; do
   amqs-qat recipe=$r "$QAT_NAME" $RESULTS $BUDGET

@@ -5,12 +5,7 @@
 # then retrain 1 epoch over those 16,000 examples (the baselines' budget), from the shared fp32
 # SST-2 teacher (../shared/models/minilm-l6-sst2) with logit distillation. Resumable.
 set -euo pipefail
-export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
-# The measured tables live in results/ (runs default to the git-ignored outputs/), under the run names they
-# were recorded with (before run names carried the model).
-RESULTS="paths.results_dir=results"
-QAT_NAME='name=${data.task}-${quant.name}'
-SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
+source "$(dirname "$0")/measured.sh"
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 search.epochs=0.5 train.epochs=1 ${AMQS_EXTRA:-}"
 for b in ${BUDGETS:-c16_2 c13 c10_8}; do
   amqs-search budget=$b "$SEARCH_NAME" $RESULTS $BUDGET

@@ -53,7 +53,8 @@ def test_labelled_file_gives_accuracy_and_predictions(tiny: TinyExports, tmp_pat
     data.mkdir()
     monkeypatch.chdir(tmp_path)
     result = predict_file(tiny.quant_export, _labelled(data), batch_size=4, threads=1)
-    out = Path("outputs") / "predictions" / "dev.tsv"  # the default output: never beside the input
+    # the default output: never beside the input, named by the export and the input's folder
+    out = Path("outputs") / "predictions" / tiny.quant_export.name / "data-dev.tsv"
     assert result["output"] == str(out) and result["examples"] == len(SENTENCES)
     assert sorted(p.name for p in data.iterdir()) == ["dev.tsv"]
     header, preds, logits = _read_predictions(out)

@@ -91,11 +91,40 @@ def test_a_missing_input_fails_in_one_line_naming_it(tmp_path: Path, monkeypatch
         replay_run(REPO / "results/studies/quick-sst2-minilm-l6-heldout")
 
 
-def test_replay_folders_never_reuse_a_taken_name(tmp_path: Path) -> None:
+def test_replay_folders_never_reuse_a_finished_replay(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     assert replay_folder(tmp_path / "run") == tmp_path / "run-replay"
-    (tmp_path / "run-replay").mkdir()
+    (tmp_path / "run-replay").mkdir()  # an unfinished (killed) replay: the next one resumes it
+    assert replay_folder(tmp_path / "run") == tmp_path / "run-replay"
+    (tmp_path / "run-replay" / "metrics.json").write_text("{}")
     assert replay_folder(tmp_path / "run") == tmp_path / "run-replay2"
+
+
+@pytest.mark.slow
+def test_a_killed_replay_resumes_in_its_folder(tmp_path: Path, glue_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amqs.train.loop as loop
+
+    over = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}", "train.checkpoint_every=2"]
+    finetune_app(compose_cfg("finetune", over))
+    run = tmp_path / "runs" / "sst2-bert-tiny-w4a8"
+    qat_app(compose_cfg("qat", over + ["quant=w4a8"]))
+    real, calls = loop._train_step, {"n": 0}
+
+    def dies_at_step_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt  # a kill between checkpoints
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        replay_run(run)
+    monkeypatch.setattr(loop, "_train_step", real)
+    old, new, out = replay_run(run)
+    assert out == run.with_name(run.name + "-replay") and not run.with_name(run.name + "-replay2").exists()
+    assert {k: old[k] for k in SAME} == {k: new[k] for k in SAME}
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # each logged step once
 
 
 @pytest.mark.parametrize("folder", ["results/teachers/minilm-l6-sst2", "results/runs/sst2-progressive/2-w4",

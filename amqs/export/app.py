@@ -29,7 +29,7 @@ from amqs.quant import BitAssignment, model_size, pruned_fraction
 from amqs.quant.size import ENCODER_PREFIX
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
 from amqs.utils.cli import user_errors
-from amqs.utils.run import git_revision, upsert_csv, write_json
+from amqs.utils.run import check_results_dir, git_revision, upsert_csv, write_json
 from amqs.utils.runconfig import load_run_config
 
 log = logging.getLogger("amqs.export")
@@ -144,6 +144,8 @@ def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned
                command: str = "") -> dict[str, Any]:
     t0 = time.time()
     student, tokenizer, cfg, assignment, run_metrics = load_run(run_dir)
+    if evaluate and results_dir is not None:  # before any work: a debug run's row never lands in results/
+        check_results_dir(results_dir, smoke=bool(cfg.get("smoke")), model_source=cfg.model.source)
     src = resolve_run(run_dir)
     facts = export_model(student, tokenizer, out, task=cfg.data.task, max_length=int(cfg.data.max_length),
                          remove_pruned=remove_pruned,

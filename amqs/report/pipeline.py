@@ -69,7 +69,8 @@ def render_report(cfg: DictConfig, state: dict[str, Any], path: Path) -> Path:
     lines = [
         f"# amqs pipeline: {cfg.name}", "",
         f"Command: `{state['command']}` (git {state['git_revision']}); CPU: {cpu_name()}; "
-        f"{cfg.train.num_threads or 'default'} training thread(s); device {cfg.device}.", "",
+        f"{cfg.train.num_threads or 'default'} training thread(s) on {cfg.device}; the exports run on ONNX Runtime's "
+        "CPU provider.", "",
         f"**What it made.** A {cfg.data.task} classifier from `{cfg.model.name}` distilled from the teacher "
         f"{teacher}. The search ({cfg.search.space} space, budget {cfg.budget.kind} {cfg.budget.value}) chose bits "
         f"per subgroup: **{s['compression']:.2f}x** encoder compression, {s['avg_bits']:.2f} bits per searched weight "
@@ -83,8 +84,10 @@ def render_report(cfg: DictConfig, state: dict[str, Any], path: Path) -> Path:
                   "noisy). `pytorch-fp32` is the teacher as users run it today; `ort-int8-dynamic` is ONNX "
                   "Runtime's usual int8 recipe of it; `searched` is this run's export.", "",
                   latency_table(state["bench"]), ""]
-    lines += ["**What it cost** (seconds, wall clock): " + ", ".join(f"{k} {v:.0f}" for k, v in state["seconds"].items())
-              + f"; total {sum(state['seconds'].values()):.0f}.", "",
+    lines += ["**What it cost.** This invocation, wall clock (a reused teacher or search costs only its loading): "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in state["seconds"].items())
+              + f"; total {sum(state['seconds'].values()):.0f} s. Training time the run recorded when it ran: search "
+              f"{s.get('search_seconds') or 0:.0f} s + retrain {s.get('retrain_seconds') or 0:.0f} s.", "",
               f"Files: the run `{run}` (bits.json, metrics.json, retrain/), the export `{state.get('export', {}).get('dir', '–')}`"
               f" (model.onnx; `amqs-predict` reads it), the tables `search.csv`, `exports.csv`, `bench.csv` beside "
               "this report.", ""]

@@ -11,7 +11,7 @@ Example::
     build_supernet(model, space)
     V = resolve_budget(Budget("compression", 8.0), model)
     architect = Architect(model, SearchObjective(V, lam=1.0), cfg=ArchitectConfig(warmup_epochs=1))
-    wopt, schedule = weight_optimizer(model, lr=5e-5), TemperatureSchedule()
+    wopt, schedule = weight_optimizer(model, lr=5e-5), TemperatureSchedule(t0=1.0, eta=2.0)
     ...  # search_step(...) per batch
     derived_assignment(model, space, Budget("compression", 8.0)).to_json("assignment.json")
 """

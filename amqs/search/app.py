@@ -6,8 +6,9 @@
     torchrun --nproc_per_node=2 -m amqs.search.app debug=smoke  # the search on 2 processes (gloo on CPU)
     amqs-search outer=optuna debug=smoke                        # an Optuna study (amqs.outer.study)
 
-Writes ``results/runs/<name>/`` (see amqs.search.run) and a row of ``results/search.csv``; with
-``outer=...``, a study in ``results/studies/<outer.name>/`` instead.
+Writes ``<paths.results_dir>/runs/<name>/`` (see amqs.search.run; default ``outputs/runs/<task>-<model>-<space>-
+<budget>``) and its row of ``<paths.results_dir>/search.csv``; with ``outer=...``, a study in
+``<paths.results_dir>/studies/<outer.name>/`` instead.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
            "model": cfg.model.name, "lam": cfg.search.lam, "seed": cfg.train.seed,
            "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
            "epochs": f"search {m['search_epochs']} + retrain {m['retrain_epochs']}",
-           "teacher": cfg.teacher.source, "distill": distill_label(cfg.distill)}
+           "teacher": m.get("teacher", cfg.teacher.source), "distill": distill_label(cfg.distill)}
     upsert_csv(Path(cfg.paths.results_dir) / "search.csv", row, key=("run",), columns=SEARCH_COLUMNS)
     return m
 

@@ -5,9 +5,9 @@
 For each seed, the search's derived ``bits.json`` is permuted within every matrix
 (:func:`amqs.quant.shuffle_bits`; tied modules share a permutation), so per-matrix and total sizes are
 exactly the search's, and retrained with the search's own retrain settings
-(:func:`amqs.search.run.retrain_assignment`) in ``results/runs/<run>/control-shuffled<seed>/``. A row per
-seed goes to ``results/controls.csv`` next to the searched model's numbers, and ``controls.md`` is
-rewritten. Resumable like any QAT run; a finished control is reused.
+(:func:`amqs.search.run.retrain_assignment`) in ``<--results>/runs/<run>/control-shuffled<seed>/`` (default
+``outputs/``; never inside the searched run). A row per seed goes to ``<--results>/controls.csv`` next to the
+searched model's numbers, and ``controls.md`` is rewritten (the measured table: ``--results results``). Resumable like any QAT run; a finished control is reused.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from amqs.report.tables import render_csv
 from amqs.search.run import retrain_assignment
 from amqs.search.space import load_space
 from amqs.utils.cli import user_errors
-from amqs.utils.run import table_row, upsert_csv
+from amqs.utils.run import check_results_dir, table_row, upsert_csv
 from amqs.utils.runconfig import load_run_config
 
 CONTROL_COLUMNS = ("task", "run", "model", "space", "seed", "encoder_bytes", "compression", "search_val_accuracy",
@@ -44,6 +44,7 @@ def run_control(run: str | Path, seed: int, command: str = "", results: str | Pa
         raise FileNotFoundError(f"{run} is not a finished amqs-search run: {', '.join(missing)} missing "
                                 "(rerun its amqs-search command to finish it)")
     cfg = load_run_config(run)
+    check_results_dir(results, smoke=cfg.smoke, model_source=cfg.model.source)
     cfg.paths.results_dir = str(results)  # the search run is an input: its control goes where it is asked
     space = load_space(cfg.search.space)
     assignment = shuffle_bits(BitAssignment.from_json(run / "bits.json"), seed, tie_key=space.tie_key)

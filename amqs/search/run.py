@@ -1,6 +1,6 @@
 """One budget, end to end: supernet search -> derive -> retrain (QAT) -> evaluate.
 
-``results/runs/<name>/`` gets:
+``<paths.results_dir>/runs/<name>/`` gets:
 
 - ``search_log.jsonl`` — every ``train.log_every`` steps: epoch, temperature, losses, expected /
   argmax / target encoder bytes, architecture entropy; ``checkpoint/`` while running;
@@ -54,11 +54,12 @@ from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
-from amqs.train.qat import load_teacher, run_qat
+from amqs.train.qat import load_teacher, pin_teacher, run_qat
 from amqs.utils.dist import (all_gather_objects, all_reduce_weighted, average_buffers, barrier, init_distributed,
                              is_main, resolve_device, same_on_all_ranks)
-from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, run_dir, save_config,
-                            write_json)
+from amqs.utils.cli import UserError
+from amqs.utils.run import (checkpoint_stamp, config_hash, fingerprint, git_revision, prepare_run_dir, run_dir,
+                            save_config, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def _restore_or_start(s: _Search, seed: int, rank: int, world: int) -> None:
     st = torch.load(s.ckpt, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
     rngs = st.get("rng", [{"torch": st.get("torch_rng")}])  # (one process's, in older checkpoints)
     if len(rngs) != world:
-        raise RuntimeError(f"{s.ckpt} was made by {len(rngs)} process(es), this run has {world}: rerun with "
+        raise UserError(f"{s.ckpt} was made by {len(rngs)} process(es), this run has {world}: rerun with "
                            f"torchrun --nproc_per_node={len(rngs)}, or delete the checkpoint to start over")
     s.model.load_state_dict(st["model"])
     s.wopt.load_state_dict(st["wopt"])
@@ -253,7 +254,7 @@ def _derive(cfg: DictConfig, s: _Search, space: SearchSpace, world: int) -> BitA
 
 def retrain_assignment(cfg: DictConfig, assignment: BitAssignment, folder: str, method: str,
                        command: str = "") -> dict[str, Any]:
-    """QAT of ``assignment`` with the search's own retrain settings, in ``results/runs/<cfg.name>/<folder>``.
+    """QAT of ``assignment`` with the search's own retrain settings, in ``<paths.results_dir>/runs/<cfg.name>/<folder>``.
 
     The search's retrain, and any control of it (amqs.search.control), go through here, so they train with
     the same teacher, data, loss, activation settings, epochs and start (``reinit``: the pretrained encoder).
@@ -276,14 +277,15 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
 
         metrics = run_search(cfg, on_progress=lambda step, row: print(step, row["train_loss"]))
     """
+    cfg = pin_teacher(cfg)  # teacher=auto: the folder it finds, in the hash and the saved config
     out = run_dir(cfg)
     fp = config_hash(cfg)
     init_distributed(cfg.device)
     done = None
     if is_main():
-        if cfg.overwrite and out.exists():
-            shutil.rmtree(out)  # search, bits.json and retrain all belong to the old config
-        done = prepare_run_dir(out, fp, False)
+        if cfg.overwrite and ((out / "metrics.json").exists() or checkpoint_stamp(out) not in (None, fp)):
+            shutil.rmtree(out)  # a finished record or another config's run: its bits.json and retrain go too
+        done = prepare_run_dir(out, fp, False)  # (a killed overwrite=true run of this config resumes)
     barrier()
     if done is not None or (out / "metrics.json").exists():
         log.info("reusing the finished run in %s", out)

@@ -18,7 +18,7 @@ derived architecture is the argmax of the logits (:mod:`~amqs.search.derive`). T
 Example::
 
     names = build_supernet(model, load_space("aqbert"))
-    set_relaxation(model, mode="gumbel", tau=TemperatureSchedule()(epoch))
+    set_relaxation(model, mode="gumbel", tau=TemperatureSchedule(t0=1.0, eta=2.0)(epoch))
     resample(model)                       # once per training step
     loss = model(**batch).loss
 """
@@ -47,16 +47,16 @@ MODES = ("gumbel", "softmax")
 class TemperatureSchedule:
     """AQ-BERT's temperature ``t0 * exp(-eta * (epoch - n0))``, held at ``t0`` before ``n0``, floored at ``t_min``.
 
-    Defaults are the project's configured ones (``conf/search/default.yaml``, ``amqs.config.SearchHParams``:
-    ``t0 = 1``, ``eta = 2`` per epoch); ``epoch`` may be fractional.
+    ``t0`` and ``eta`` (per epoch) have no defaults here: their one home is the search config
+    (``amqs.config.SearchHParams``, ``conf/search/*.yaml``); ``epoch`` may be fractional.
 
     Example:
         >>> round(TemperatureSchedule(t0=5.0, eta=0.5, n0=1.0)(3.0), 4)
         1.8394
     """
 
-    t0: float = 1.0
-    eta: float = 2.0
+    t0: float
+    eta: float
     n0: float = 0.0
     t_min: float = 0.05
 

@@ -33,6 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from amqs.train.losses import LossFn
 from amqs.train.losses import ce_loss as default_loss
+from amqs.utils.cli import UserError
 
 if TYPE_CHECKING:  # annotations only: amqs.config imports amqs.search, whose objective imports amqs.train
     from amqs.config import TrainConfig
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is kept untouched."""
 
 
@@ -163,9 +164,10 @@ class _Run:
         """Continue from the checkpoint, if there is one: weights, optimizer, schedule, RNG, position."""
         if not (self.state_path and self.state_path.exists()):
             return
-        state = torch.load(self.state_path, map_location=device, weights_only=False)
+        # On the CPU: RNG states must stay CPU byte tensors; load_state_dict moves the rest to the parameters.
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
         if state["total_steps"] != self.total_steps:
-            raise RuntimeError(
+            raise UserError(
                 f"checkpoint {self.state_path} was made for {state['total_steps']} steps, this run has "
                 f"{self.total_steps}: the config changed; delete the checkpoint folder to start over"
             )
@@ -236,13 +238,13 @@ def fit(
     """
     steps_per_epoch = len(loader)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    model.to(device).train()  # before the optimizer: its state lives where the parameters do
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     run = _Run(model, optimizer, scheduler, total_steps, ckpt_dir / STATE_FILE if ckpt_dir else None)
     run.restore(device)
     truncate_log(log_file, run.step)
     resumed_from = run.step
-    model.to(device).train()
     t0 = time.perf_counter()
     loss_value = float("nan")
     bar = tqdm(total=total_steps, initial=run.step, desc=desc, disable=not cfg.progress, dynamic_ncols=True)

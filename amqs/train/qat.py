@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -39,7 +38,7 @@ from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
 from amqs.utils.dist import resolve_device
 from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, run_dir,
-                            save_config, write_json)
+                            save_config, shared_models_dir, write_json)
 from amqs.utils.provenance import data_fingerprint, provenance
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,20 @@ def teacher_candidates(cfg: DictConfig) -> list[Path]:
     """Where ``teacher=auto`` looks, best first: the shared teachers ($AMQS_SHARED_DIR or ../shared), held out
     from search-val first, then the ones amqs-finetune wrote under ``paths.results_dir``."""
     name = f"{cfg.model.name}-{cfg.data.task}"
-    shared = Path(os.environ.get("AMQS_SHARED_DIR", "../shared")) / "models"
+    shared = shared_models_dir()
     teachers = Path(cfg.paths.results_dir) / "teachers"
     return [shared / f"{name}-heldout", shared / name, teachers / f"{name}-heldout" / "model",
             teachers / name / "model"]
+
+
+def pin_teacher(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``teacher=auto`` replaced by the folder it finds (a copy; other teachers unchanged), so the
+    run's hash, saved config and table rows name the teacher it really used."""
+    if str(cfg.teacher.source) != AUTO_TEACHER:
+        return cfg
+    pinned = cfg.copy()
+    pinned.teacher.source = resolve_teacher(cfg)
+    return pinned
 
 
 def resolve_teacher(cfg: DictConfig) -> str:
@@ -155,7 +164,7 @@ def check_recipe(cfg: DictConfig, assignment: Optional[BitAssignment] = None) ->
     path = Path(init_from)
     if not path.is_dir():
         raise FileNotFoundError(f"init_from={init_from!r}: no such run folder; run that stage first "
-                                "(amqs-qat writes results/runs/<name>; staged recipes run their stages in order)")
+                                "(amqs-qat writes <results_dir>/runs/<name>; staged recipes run their stages in order)")
     missing = [f for f in (STUDENT_FILE, "metrics.json") if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"init_from={init_from!r} is not a finished run: {' and '.join(missing)} missing "
@@ -244,6 +253,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     """
     out = run_dir(cfg)
     device = str(resolve_device(cfg.device))
+    cfg = pin_teacher(cfg)
     prev = check_recipe(cfg, assignment)
     if prev is not None and student_init is not None:
         raise ValueError("init_from and student_init both name the student's start: pass one")

@@ -1,8 +1,8 @@
 """Staged recipes: several QAT runs in order, each starting from the previous stage's student.
 
 ``cfg.staged.stages`` lists the earlier stages (the quant settings that differ from ``cfg.quant``); the
-last stage is ``cfg.quant`` itself. Stage ``i`` runs in ``results/runs/<name>/<i>-<stage name>``, the last
-in ``results/runs/<name>``, each with ``init_from`` the stage before it. A finished stage is reused
+last stage is ``cfg.quant`` itself. Stage ``i`` runs in ``<results_dir>/runs/<name>/<i>-<stage name>``, the last
+in ``<results_dir>/runs/<name>``, each with ``init_from`` the stage before it. A finished stage is reused
 (``run_qat`` reuses a run of the same config), an interrupted one resumes from its checkpoint, so the
 driver is resumable as a whole. Used by ``recipe=progressive`` (weights 8 -> 4 -> 2 bits, then activations)
 and ``recipe=binarybert`` (ternary, then its TWS split to binary).
@@ -20,8 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amqs.train.qat import run_qat
-from amqs.utils.run import run_dir
-from amqs.utils.run import write_json
+from amqs.utils.run import run_dir, write_json
 
 log = logging.getLogger(__name__)
 _STAGE_KEYS = ("method", "weight_bits", "act_bits", "epochs", "train_examples", "steps", "dev_accuracy",
@@ -78,7 +77,12 @@ def run_staged(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     ``train_examples``, ``epochs`` and ``seconds`` of the returned (and rewritten) metrics.json add up all
     stages; ``stages`` lists each stage's name, bits, epochs and dev accuracy.
     """
-    configs = stage_configs(cfg)
+    return run_stages(stage_configs(cfg), command)
+
+
+def run_stages(configs: list[DictConfig], command: str = "") -> dict[str, Any]:
+    """Run (or reuse) the stage configs in order (each ``init_from`` the one before, as
+    :func:`stage_configs` or amqs-replay chain them); the last run's metrics.json gets the recipe's summary."""
     results = []
     for i, c in enumerate(configs):
         log.info("stage %d/%d: %s (init_from=%s)", i + 1, len(configs), c.name, c.init_from)
@@ -91,7 +95,6 @@ def run_staged(cfg: DictConfig, command: str = "") -> dict[str, Any]:
 def summarize_stages(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The last stage's metrics with ``stages`` and the whole recipe's ``train_examples``, ``epochs``, ``seconds``.
 
-    Also used by amqs-replay, which reruns a staged recipe stage by stage from the saved stage configs.
     """
     final = dict(results[-1])
     # A reused last stage already holds the summary: its own numbers are the summary's last entry.

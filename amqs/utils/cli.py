@@ -21,8 +21,6 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from omegaconf.errors import OmegaConfBaseException
-
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -31,11 +29,13 @@ class UserError(Exception):
     """A mistake in the user's input or setup; its message says what to change."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from amqs.train.loop import NonFiniteLossError  # torch is imported lazily, after argument parsing
-
-    return (UserError, ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
-            IsADirectoryError, NotImplementedError, NonFiniteLossError, OmegaConfBaseException)
+# What amqs raises for bad input: its own UserError (a NaN loss, a checkpoint of another schedule, ...) and the
+# built-in kinds its checks use (ValueError: a bad setting or budget, DataError, RunConfigError; the file
+# errors). A KeyError, AttributeError, TypeError or an OmegaConf error raised by amqs's own code is a bug and
+# keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, FileExistsError,
+                                                 PermissionError, NotADirectoryError, IsADirectoryError,
+                                                 NotImplementedError)
 
 
 def debug_enabled() -> bool:
@@ -44,17 +44,13 @@ def debug_enabled() -> bool:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (a multi-line message keeps its first line and says how many follow).
+    """The error's message on one line (the lines of a multi-line message joined).
 
     Example:
         >>> one_line(FileNotFoundError("x.tsv not found"))
         'x.tsv not found'
-        >>> one_line(KeyError("model"))
-        "KeyError: 'model'"
     """
-    text = str(error).strip() if not isinstance(error, KeyError) else f"KeyError: {error}"
-    if isinstance(error, OmegaConfBaseException):
-        text = text.splitlines()[0] if text else type(error).__name__
+    text = str(error).strip()
     return " ".join(text.split()) or type(error).__name__
 
 
@@ -73,7 +69,7 @@ def user_errors(prog: str) -> Iterator[None]:
         print(f"{prog}: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except _user_error_types() as e:
+    except USER_ERRORS as e:
         if debug_enabled():
             raise
         print(f"{prog}: {one_line(e)}  (AMQS_DEBUG=1 shows the traceback)", file=sys.stderr)

@@ -85,6 +85,12 @@ def config_hash(cfg: DictConfig) -> str:
     return fingerprint(c)
 
 
+def shared_models_dir() -> Path:
+    """The shared fp32 teachers (``$AMQS_SHARED_DIR/models``, else ``../shared/models`` from the working directory,
+    as ``conf/teacher/shared_sst2.yaml`` reads it); it may not exist (real users have none)."""
+    return Path(os.environ.get("AMQS_SHARED_DIR", "../shared")) / "models"
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """A run's folder: ``<paths.results_dir>/runs/<name>`` (QAT runs, searches, their retrains and stages)."""
     return Path(cfg.paths.results_dir) / "runs" / cfg.name
@@ -104,15 +110,16 @@ def write_json(path: Path, obj: Mapping[str, Any]) -> None:
 
 
 def table_row(metrics: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
-    """A results-table row from a run's metrics: its values for ``columns``, the model and the CPU included.
+    """A results-table row from a run's metrics: its values for ``columns``, the CPU and threads from its
+    provenance.
 
     Example:
-        >>> table_row({"task": "sst2", "provenance": {"cpu": "AMD EPYC"}, "teacher": "x"}, ("task", "model", "cpu"))
-        {'task': 'sst2', 'model': None, 'cpu': 'AMD EPYC'}
+        >>> table_row({"task": "sst2", "provenance": {"cpu": "AMD EPYC"}, "teacher": "x"}, ("task", "cpu"))
+        {'task': 'sst2', 'cpu': 'AMD EPYC'}
     """
     row = {c: metrics.get(c) for c in columns}
     prov = metrics.get("provenance") or {}
-    for c in ("cpu", "threads", "model"):
+    for c in ("cpu", "threads"):
         if c in row and row[c] is None:
             row[c] = prov.get(c)
     return row
@@ -143,11 +150,13 @@ def prepare_run_dir(out: Path, config_hash: str, overwrite: bool,
 
     Returns the metrics of a finished run in ``out`` made with ``config_hash`` whose ``require``d files
     (e.g. the weights, which git does not keep) are there; otherwise makes sure ``out/checkpoint``
-    belongs to this config (stamped with its hash) and returns None, so the run trains (again). With
-    ``overwrite`` an earlier run of another config is discarded instead of refused.
+    belongs to this config (stamped with its hash) and returns None, so the run trains (again).
+
+    ``overwrite`` discards a finished record (of any config) and a checkpoint of another config instead of
+    refusing; a checkpoint of this very config is kept, so a run started with ``overwrite=true``, killed and
+    started again with the same command resumes instead of starting over.
     """
     metrics_path, ckpt = out / "metrics.json", out / "checkpoint"
-    stamp = ckpt / "config_hash"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         same = metrics.get("config_hash") == config_hash
@@ -160,17 +169,28 @@ def prepare_run_dir(out: Path, config_hash: str, overwrite: bool,
                 f"{out} holds a run of another config ({metrics.get('config_hash')} != {config_hash}): "
                 "pass overwrite=true to replace it, or choose another name"
             )
-        if same and missing:
+        if same and missing and not overwrite:
             log.info("%s: the run's record is here but not %s (not kept in git): training it again",
                      out, " or ".join(missing))
+        metrics_path.unlink()  # this run writes a new one when it ends
+        shutil.rmtree(ckpt, ignore_errors=True)
     check_writable(out)
-    if ckpt.exists() and (overwrite or not stamp.exists() or stamp.read_text() != config_hash):
+    if checkpoint_stamp(out) not in (None, config_hash):
         if not overwrite:
             raise FileExistsError(f"{ckpt} is a checkpoint of another config: pass overwrite=true to discard it")
         shutil.rmtree(ckpt)
     ckpt.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(config_hash)
+    (ckpt / "config_hash").write_text(config_hash)
     return None
+
+
+def checkpoint_stamp(out: Path) -> Optional[str]:
+    """The config hash ``out/checkpoint`` belongs to; None without one (``""`` for an unstamped folder)."""
+    ckpt = out / "checkpoint"
+    if not ckpt.exists():
+        return None
+    stamp = ckpt / "config_hash"
+    return stamp.read_text() if stamp.exists() else ""
 
 
 def check_writable(*paths: Path) -> None:
@@ -203,17 +223,18 @@ TRACKED_RESULTS = REPO_ROOT / "results"
 
 
 def check_results_dir(results_dir: str | Path, *, smoke: bool, model_source: str = "") -> None:
-    """Refuse to let a debug run (``debug=smoke``, a random model) write the repository's measured results.
+    """Refuse to let a debug run (``debug=smoke``, a random model) write the repository's measured results
+    (``results/`` or anything under it).
 
     Example:
         >>> check_results_dir("outputs/smoke", smoke=True)    # fine; TRACKED_RESULTS would raise ValueError
     """
     if not (smoke or model_source == "random"):
         return
-    if Path(results_dir).resolve() == TRACKED_RESULTS.resolve():
+    if Path(results_dir).resolve().is_relative_to(TRACKED_RESULTS.resolve()):
         what = "debug run (debug=smoke)" if smoke else "run of a random model (model.source=random)"
-        raise ValueError(f"paths.results_dir={results_dir} is the repository's measured results: a {what} never writes "
-                         f"there; use another folder (the default is outputs/, debug=smoke uses outputs/smoke)")
+        raise ValueError(f"paths.results_dir={results_dir} is the repository's measured results: a {what} never "
+                         "writes there; use another folder (the default is outputs/, debug=smoke uses outputs/smoke)")
 
 
 def relative_run(out: Path, results_dir: str | Path) -> str:

@@ -12,6 +12,7 @@ from amqs.data import make_loader
 from amqs.models import load_classifier
 from amqs.train import NonFiniteLossError, evaluate, fit, seed_everything
 from amqs.train.metrics import f1_binary
+from amqs.utils.cli import UserError
 
 TINY = ModelConfig(source="random", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 
@@ -107,7 +108,7 @@ def test_changed_config_refuses_old_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(_Killed):
         fit(model, loader, TrainConfig(epochs=1, progress=False, checkpoint_every=2), loss_fn=dies_at_step_4,
             ckpt_dir=tmp_path)
-    with pytest.raises(RuntimeError, match="config changed"):
+    with pytest.raises(UserError, match="config changed"):
         fit(model, loader, TrainConfig(epochs=2, progress=False), ckpt_dir=tmp_path)
 
 

@@ -19,6 +19,8 @@ def test_debug_runs_never_write_the_measured_results() -> None:
         check_results_dir(str(TRACKED_RESULTS) + "/", smoke=False, model_source="random")
     check_results_dir(TRACKED_RESULTS, smoke=False, model_source="embedded:minilm")  # asked for explicitly
     check_results_dir("outputs/smoke", smoke=True)
+    with pytest.raises(ValueError, match="never writes there"):  # anything below results/ too
+        check_results_dir(TRACKED_RESULTS / "runs" / "x", smoke=True)
 
 
 def test_an_unwritable_output_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,15 +40,30 @@ def test_a_record_without_its_weights_is_trained_again(tmp_path: Path) -> None:
     'reused' forever."""
     out = tmp_path / "teachers" / "m-sst2"
     out.mkdir(parents=True)
-    (out / "metrics.json").write_text(json.dumps({"config_hash": "h", "dev_accuracy": 0.9}))
+    record = json.dumps({"config_hash": "h", "dev_accuracy": 0.9})
+    (out / "metrics.json").write_text(record)
     assert prepare_run_dir(out, "h", overwrite=False) == {"config_hash": "h", "dev_accuracy": 0.9}
     assert prepare_run_dir(out, "h", overwrite=False, require=("model",)) is None  # train it
-    assert (out / "checkpoint" / "config_hash").read_text() == "h"
+    assert (out / "checkpoint" / "config_hash").read_text() == "h" and not (out / "metrics.json").exists()
     (out / "model").mkdir()
+    (out / "metrics.json").write_text(record)  # the run finished
     assert prepare_run_dir(out, "h", overwrite=False, require=("model",))["dev_accuracy"] == 0.9
     assert not (out / "checkpoint").exists()  # a leftover checkpoint of a finished run is removed
     with pytest.raises(FileExistsError, match="another config"):
         prepare_run_dir(out, "other", overwrite=False)
+
+
+def test_overwrite_discards_a_record_but_resumes_its_own_checkpoint(tmp_path: Path) -> None:
+    """overwrite=true replaces a finished run; killed and started again with the same command, it resumes."""
+    out = tmp_path / "runs" / "r"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"config_hash": "h"}))
+    assert prepare_run_dir(out, "h", overwrite=True) is None and not (out / "metrics.json").exists()
+    (out / "checkpoint" / "state.pt").write_text("step 40")  # ... killed here
+    assert prepare_run_dir(out, "h", overwrite=True) is None
+    assert (out / "checkpoint" / "state.pt").read_text() == "step 40"  # kept: the rerun resumes
+    assert prepare_run_dir(out, "other", overwrite=True) is None  # another config's checkpoint goes
+    assert not (out / "checkpoint" / "state.pt").exists() and (out / "checkpoint" / "config_hash").read_text() == "other"
 
 
 def test_rows_are_keyed_by_their_run_folder(tmp_path: Path) -> None:
