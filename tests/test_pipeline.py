@@ -57,3 +57,12 @@ def test_auto_teacher_prefers_the_shared_held_out_one(tmp_path: Path, monkeypatc
 def test_pipeline_refuses_a_study(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="runs one search"):
         pipeline(compose_cfg("pipeline", ["outer=optuna", f"paths.results_dir={tmp_path}"]))
+
+
+def test_the_quickstart_composes_as_the_readme_runs_it() -> None:
+    """README line 1: `amqs-pipeline experiment=quickstart` (its own folder, the auto teacher, small slices)."""
+    cfg = compose_cfg("pipeline", ["experiment=quickstart"])
+    assert cfg.paths.results_dir == "outputs/quickstart" and cfg.teacher.source == "auto" and not cfg.smoke
+    assert (cfg.budget.kind, cfg.budget.value, cfg.data.max_train_examples) == ("compression", 8.0, 2000)
+    assert cfg.name == "sst2-minilm-l6-quickstart-compression8.0" and cfg.pipeline.export and cfg.pipeline.bench
+    assert compose_cfg("pipeline", ["experiment=quickstart", "data=mrpc"]).name.startswith("mrpc-")

@@ -307,12 +307,21 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
     save_config(cfg, out / "config.yaml")
     # The retrain is a plain QAT run of the fixed assignment, in its own folder.
     retrain = retrain_assignment(cfg, assignment, "retrain", f"search-{cfg.search.space}", command=command)
-    total_bits, avg_bits = weight_bits_of(assignment)
+    metrics = {**_search_metrics(cfg, assignment, retrain), "config_hash": fp, "git_revision": git_revision(),
+               "command": command}
+    write_json(out / "metrics.json", metrics)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return metrics
+
+
+def _search_metrics(cfg: DictConfig, assignment: BitAssignment, retrain: dict[str, Any]) -> dict[str, Any]:
+    """The search run's metrics: the retrained model's scores and sizes, the derived assignment's facts."""
+    _, avg_bits = weight_bits_of(assignment)
     meta = assignment.meta
-    metrics = {
-        **{k: retrain[k] for k in ("task", "teacher", "encoder_bytes", "total_bytes", "fp32_encoder_bytes", "fp32_total_bytes",
-                                   "compression", "total_compression", "dev_accuracy", "dev_f1", "dev_accuracy_ptq",
-                                   "search_val_accuracy", "search_val_f1", "train_examples")},
+    return {
+        **{k: retrain[k] for k in ("task", "teacher", "encoder_bytes", "total_bytes", "fp32_encoder_bytes",
+                                   "fp32_total_bytes", "compression", "total_compression", "dev_accuracy", "dev_f1",
+                                   "dev_accuracy_ptq", "search_val_accuracy", "search_val_f1", "train_examples")},
         "space": meta["space"], "budget_kind": cfg.budget.kind, "budget_value": cfg.budget.value,
         "target_bytes": meta["target_bytes"], "derived_encoder_bytes": meta["encoder_bytes"],
         "argmax_encoder_bytes": meta["argmax_encoder_bytes"], "repair_steps": meta["repair_steps"],
@@ -320,9 +329,5 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
         "search_seconds": meta.get("search_seconds"), "retrain_seconds": retrain["seconds"],
         "seconds": round((meta.get("search_seconds") or 0) + retrain["seconds"], 1),
         "search_epochs": cfg.search.epochs, "retrain_epochs": cfg.train.epochs, "reinit": cfg.reinit,
-        "config_hash": fp, "git_revision": git_revision(), "command": command,
         **{k: retrain.get(k) for k in ("provenance", "data_fingerprint")},  # the same process and data
     }
-    write_json(out / "metrics.json", metrics)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    return metrics

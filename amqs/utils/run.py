@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -25,13 +26,22 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# What a run computes with: a change anywhere else (results/, docs) does not make the code "dirty".
+CODE_PATHS = ("amqs", "conf", "search_spaces", "pyproject.toml")
+
+
+@functools.cache
 def git_revision() -> str:
-    """``<sha>`` of the checkout amqs runs from, ``<sha>-dirty`` with local changes, or ``unknown``."""
+    """``<sha>`` of the code amqs runs from, ``<sha>-dirty`` with local changes to it, or ``unknown``.
+
+    Read once per process, at its first call (:func:`prepare_run_dir` makes that the start of every run): a
+    commit made while a long run trains must not be recorded as the code it ran.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -82,7 +92,26 @@ def config_hash(cfg: DictConfig) -> str:
     c.get("data", {}).pop("glue_dir", None)  # the same rows from the hub or a local copy
     for k in _TRAIN_NOT_HASHED:
         c.get("train", {}).pop(k, None)
+    if isinstance(c.get("teacher"), dict):
+        c["teacher"]["source"] = canonical_path(c["teacher"].get("source"))
+    if c.get("init_from"):
+        c["init_from"] = canonical_path(c["init_from"])
     return fingerprint(c)
+
+
+def canonical_path(value: Any) -> Any:
+    """An existing folder as one spelling, relative to the repository (``../shared/models/x`` however it was
+    written: ``$AMQS_SHARED_DIR/models/x``, an absolute path, from another working directory); anything else
+    (a hub id, a missing path) unchanged. A run's hash names the folder it read, not how it was spelled, and
+    runs recorded from the repository root keep their hashes.
+
+    Example:
+        >>> canonical_path(str(REPO_ROOT / "conf")) == canonical_path("conf") == "conf"  # from the repo root
+        True
+    """
+    if not isinstance(value, str) or not Path(value).expanduser().is_dir():
+        return value
+    return os.path.relpath(Path(value).expanduser().resolve(), REPO_ROOT.resolve())
 
 
 def shared_models_dir() -> Path:
@@ -156,6 +185,7 @@ def prepare_run_dir(out: Path, config_hash: str, overwrite: bool,
     refusing; a checkpoint of this very config is kept, so a run started with ``overwrite=true``, killed and
     started again with the same command resumes instead of starting over.
     """
+    git_revision()  # pinned now, at the run's start
     metrics_path, ckpt = out / "metrics.json", out / "checkpoint"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())

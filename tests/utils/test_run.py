@@ -73,3 +73,21 @@ def test_rows_are_keyed_by_their_run_folder(tmp_path: Path) -> None:
     upsert_csv(path, {"run": "runs/a", "model": "m1", "dev_accuracy": 0.7}, key=("run",), columns=cols)
     assert path.read_text().splitlines() == ["run,model,dev_accuracy", "runs/b,m2,0.6", "runs/a,m1,0.7"]
     assert relative_run(tmp_path / "runs" / "a", tmp_path) == "runs/a"
+
+
+def test_the_hash_names_the_teacher_folder_not_its_spelling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``teacher=shared_sst2`` with and without $AMQS_SHARED_DIR (or from another working directory) is one teacher."""
+    from omegaconf import OmegaConf
+
+    from amqs.utils.run import REPO_ROOT, config_hash
+
+    folder = tmp_path / "shared" / "models" / "t"
+    folder.mkdir(parents=True)
+    cfg = lambda source: OmegaConf.create({"teacher": {"source": source}, "train": {"lr": 1.0}})  # noqa: E731
+    absolute = config_hash(cfg(str(folder)))
+    monkeypatch.chdir(tmp_path)
+    assert config_hash(cfg("shared/models/t")) == config_hash(cfg("./shared/models/../models/t")) == absolute
+    assert config_hash(cfg("bert-base-uncased")) != absolute  # a hub id stays as it is
+    assert config_hash(cfg(str(tmp_path / "missing"))) != config_hash(cfg(str(tmp_path / "missing2")))
+    monkeypatch.chdir(REPO_ROOT)  # the recorded runs' spelling from the repository root is unchanged
+    assert config_hash(cfg("conf")) == config_hash(cfg(str(REPO_ROOT / "conf")))
