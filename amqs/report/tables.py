@@ -20,7 +20,7 @@ HIDDEN = ("command", "config_hash")  # the command goes below the table; the has
 
 def _fmt(col: str, value: object) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "–"
+        return "not recorded" if col == "cpu" else "–"  # rows older than the provenance in metrics.json
     if isinstance(value, float) and any(p in col for p in PERCENT):
         return f"{100 * value:.2f}"
     if isinstance(value, (int,)) and "bytes" in col:
