@@ -240,3 +240,12 @@ def test_missing_tokenizer(export_copy: Path) -> None:
         (export_copy / name).unlink()
     with pytest.raises(ExportError, match="tokenizer files missing or corrupted"):
         ExportedModel(export_copy)
+
+
+def test_a_debug_run_is_never_exported_into_the_measured_tables(tiny: TinyExports, tmp_path: Path) -> None:
+    """The tiny runs are debug=smoke runs: their exports.csv row may not land in results/ (nothing is written)."""
+    from amqs.utils.run import TRACKED_RESULTS
+
+    with pytest.raises(ValueError, match="a debug run \\(debug=smoke\\) never writes there"):
+        export_run(tiny.quant_run, tmp_path / "out", threads=1, results_dir=TRACKED_RESULTS)
+    assert not (tmp_path / "out").exists()
