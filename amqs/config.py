@@ -85,6 +85,13 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 50
     num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+    # fp32 | bf16 (forward matmuls under bf16 autocast; weights, optimizer and fake-quant math in fp32) | auto
+    # (bf16 where the CPU/GPU has native bf16). conf/train/*.yaml say auto; a config saved before this key
+    # existed ran in fp32, so the schema default is fp32 (amqs.train.precision).
+    precision: str = "fp32"
+    # AdamW's fused kernel (much faster on a CPU; the same update up to float rounding). conf/train/*.yaml say
+    # true; a config saved before this key existed ran the default loop, so the schema default is false.
+    fused_optimizer: bool = False
     progress: bool = True
 
 

@@ -25,6 +25,7 @@ from amqs.config import CONF_DIR, register_configs
 from amqs.data import get_task, load_glue, make_loader
 from amqs.models import load_classifier
 from amqs.train import evaluate, fit, seed_everything
+from amqs.train.precision import pin_precision
 from amqs.utils.cli import user_errors
 from amqs.utils.dist import resolve_device
 from amqs.utils.run import (check_results_dir, check_writable, command_line, config_hash, git_revision,
@@ -60,6 +61,7 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     """Fine-tune (or reuse) the teacher described by ``cfg`` in its folder; return its metrics (no table)."""
     out = teacher_dir(cfg)
     device = str(resolve_device(cfg.device))
+    cfg = pin_precision(cfg, device)
     check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
     check_writable(Path(cfg.paths.results_dir) / "teachers.csv")
     fp = config_hash(cfg)
@@ -97,7 +99,7 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
         "steps": result.steps, "max_length": cfg.data.max_length, "seconds": round(result.seconds, 1),
         "threads": torch.get_num_threads(), "final_loss": result.final_loss, "config_hash": fp,
         "git_revision": git_revision(), "command": command, "run": relative_run(out, cfg.paths.results_dir),
-        "provenance": provenance(device, torch.get_num_threads()),
+        "provenance": provenance(device, torch.get_num_threads(), cfg.train.precision),
         "data_fingerprint": data_fingerprint(splits, task.name),
     }
     write_json(out / "metrics.json", metrics)

@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/measured.sh"
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
 for q in fp32 w8a8 w4a8 w2a8; do
-  amqs-qat quant=$q "$QAT_NAME" $RESULTS $BUDGET
+  amqs-qat quant=$q "$QAT_NAME" $MEASURED $BUDGET
 done
 python -m amqs.report.tables results/baselines.csv --out results/baselines.md --title "Uniform quantization baselines" \
   --where task=sst2 --where method=fp32,w8a8,w4a8,w2a8 \

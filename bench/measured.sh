@@ -1,6 +1,7 @@
 # Sourced by bench/*.sh: the measured tables live in results/ (every command defaults to the git-ignored
-# outputs/), under the run names they were recorded with (before run names carried the model).
+# outputs/), under the run names they were recorded with (before run names carried the model), trained in fp32
+# with the default AdamW, as they were (conf/train now says precision=auto, fused_optimizer=true: other configs).
 export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
-RESULTS="paths.results_dir=results"
+MEASURED="paths.results_dir=results train.precision=fp32 train.fused_optimizer=false"
 QAT_NAME='name=${data.task}-${quant.name}'
 SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'

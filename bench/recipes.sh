@@ -11,9 +11,9 @@ set -euo pipefail
 source "$(dirname "$0")/measured.sh"
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 train.epochs=1 ${AMQS_EXTRA:-}"
 for r in ${RECIPES:-q8bert qbert ternarybert binarybert kdlsq progressive}; do
-  amqs-qat recipe=$r "$QAT_NAME" $RESULTS $BUDGET
+  amqs-qat recipe=$r "$QAT_NAME" $MEASURED $BUDGET
 done
-amqs-search recipe=aqbert 'name=${data.task}-recipe-aqbert-${budget.kind}${budget.value}' $RESULTS search.epochs=0.5 $BUDGET      # also a row of results/search.csv
+amqs-search recipe=aqbert 'name=${data.task}-recipe-aqbert-${budget.kind}${budget.value}' $MEASURED search.epochs=0.5 $BUDGET      # also a row of results/search.csv
 python bench/record_search.py results/runs/sst2-recipe-aqbert-*/
 
 # MRPC: Q8BERT, TernaryBERT and the searched configuration that did best on SST-2 search-val at ~15x (the
@@ -21,9 +21,9 @@ python bench/record_search.py results/runs/sst2-recipe-aqbert-*/
 # results/teachers.csv is the fp32 reference), 3 epochs; the search spends 1 epoch on the supernet first.
 MRPC="data=mrpc teacher=finetuned train.epochs=3 ${AMQS_EXTRA:-}"
 for r in q8bert ternarybert; do
-  amqs-qat recipe=$r "$QAT_NAME" $RESULTS $MRPC
+  amqs-qat recipe=$r "$QAT_NAME" $MEASURED $MRPC
 done
-amqs-search search.space=ternary distill=hidden budget=c16_2 search.epochs=1 "$SEARCH_NAME" $RESULTS $MRPC
+amqs-search search.space=ternary distill=hidden budget=c16_2 search.epochs=1 "$SEARCH_NAME" $MEASURED $MRPC
 python bench/record_search.py results/runs/mrpc-ternary-compression16.2 --method search-ternary-compression16.2
 python bench/record_search.py results/runs/sst2-ternary-compression16.2 --method search-ternary-compression16.2
 

@@ -32,6 +32,8 @@ from amqs.search.space import load_space
 from amqs.search.supernet import build_supernet
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import make_optimizer
+from amqs.train.losses import ce_loss
+from amqs.train.precision import with_precision
 
 
 def _batch(n: int, length: int, seed: int) -> dict[str, torch.Tensor]:
@@ -42,13 +44,18 @@ def _batch(n: int, length: int, seed: int) -> dict[str, torch.Tensor]:
             "labels": torch.randint(0, 2, (n,), generator=g)}
 
 
-def build(kind: str):
+def build(kind: str, precision: str = "fp32"):
+    """One training step of ``kind`` (finetune | qat | supernet) on the MiniLM geometry, as a closure
+    ``step(train_batch, val_batch)``, its forward passes under ``precision`` (amqs.train.precision)."""
     teacher, _ = load_classifier(ModelConfig(), num_labels=2)
     student = copy.deepcopy(teacher)
-    loss = DistillLoss(teacher, DistillConfig())
-    if kind == "qat":
-        apply_assignment(student, uniform_assignment(student, bits=4, num_subgroups=128))
-        opt = make_optimizer(student, 2e-5, 0.01)
+    loss = with_precision(DistillLoss(teacher, DistillConfig()), precision)
+    if kind in ("qat", "finetune"):
+        if kind == "qat":
+            apply_assignment(student, uniform_assignment(student, bits=4, num_subgroups=128))
+        else:
+            loss = with_precision(ce_loss, precision)
+        opt = make_optimizer(student, 2e-5, 0.01, fused=True)  # the configured default (conf/train)
 
         def step(train_batch, val_batch):
             opt.zero_grad(set_to_none=True)
@@ -57,9 +64,9 @@ def build(kind: str):
     else:
         build_supernet(student, load_space("default"))
         target = resolve_budget(Budget("compression", 13.0), student)
-        architect = Architect(student, SearchObjective(target), train_loss=loss,
+        architect = Architect(student, with_precision(SearchObjective(target), precision), train_loss=loss,
                               cfg=ArchitectConfig(optimizer="adam", lr=0.02))
-        wopt = weight_optimizer(student, 2e-5)
+        wopt = weight_optimizer(student, 2e-5, fused=True)
         counter = {"i": 0}
 
         def step(train_batch, val_batch):

@@ -3,5 +3,5 @@
 # Resumable: run it again after a kill and each run continues from its checkpoint.
 set -euo pipefail
 export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
-amqs-finetune experiment=sst2_teacher paths.results_dir=results
-amqs-finetune experiment=mrpc_teacher paths.results_dir=results
+amqs-finetune experiment=sst2_teacher paths.results_dir=results train.precision=fp32 train.fused_optimizer=false
+amqs-finetune experiment=mrpc_teacher paths.results_dir=results train.precision=fp32 train.fused_optimizer=false

@@ -115,9 +115,21 @@ def _per_group(t: Tensor | float, like: Tensor) -> Tensor:
     return t
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``value``; backward: the gradient goes to ``x`` unchanged (one op, no extra passes over ``x``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor) -> Tensor:  # noqa: D102
+        return value.detach().to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        return grad, None
+
+
 def _ste(x: Tensor, value: Tensor) -> Tensor:
     """Return exactly ``value`` in the forward pass, identity gradient to ``x``."""
-    return value.detach().to(x.dtype) + (x - x.detach())
+    return _StraightThrough.apply(x, value)
 
 
 def qparams_from_range(
@@ -201,8 +213,19 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qm
         ...               torch.tensor([0.0]), torch.tensor([3.0]))
         tensor([[ 0.5000, -1.0000]])
     """
-    q = quantize_to_int(x, scale, zero_point, qmin, qmax)
-    return _ste(x, dequantize(q, _per_group(scale, x), _per_group(zero_point, x)))
+    return _ste(x, _quantize_dequantize(x, scale, zero_point, qmin, qmax))
+
+
+def _quantize_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    """``dequantize(quantize_to_int(x, ...))`` in float without the integer round trip (the same values: the codes
+    are integers far inside float32's exact range), in place on one new tensor: the training hot path."""
+    scale, zero_point = _per_group(scale, x), _per_group(zero_point, x)
+    q = torch.div(x.detach(), scale).round_().add_(zero_point)
+    if qmin.numel() == 1 or (qmin.amin() == qmin.amax() and qmax.amin() == qmax.amax()):
+        q.clamp_(qmin.min().item(), qmax.max().item())  # one range for all subgroups: a cheaper clamp, same values
+    else:
+        q = torch.clamp(q, _per_group(qmin, x), _per_group(qmax, x))
+    return q.sub_(zero_point).mul_(scale)
 
 
 def quantize_to_int(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
@@ -284,7 +307,7 @@ def lsq_fake_quantize(
     s = s.detach() + (s - s.detach()) * g
     v = torch.clamp(x / s, _per_group(qmin, x), _per_group(qmax, x))
     r = torch.round(v.detach())
-    if binary is not None:
+    if binary is not None and _any(binary):
         vd = v.detach()
         r = torch.where(_per_group(binary, x), torch.where(vd >= 0, 1.0, -1.0).to(vd.dtype), r)
     # Round with identity gradient; value exactly r so the output is exactly r * s.
@@ -343,13 +366,22 @@ def quantize_subgroups(
             scale = choose_qparams_symmetric(w, eff)
             zero_point = torch.zeros_like(scale)
             qmin, qmax = qrange(eff, symmetric=True)
-        dq = dequantize(quantize_to_int(w, scale, zero_point, qmin, qmax), scale, zero_point).to(w.dtype)
-        if scheme == "twn":
+        dq = _quantize_dequantize(w, scale, zero_point, qmin, qmax)
+        if scheme == "twn" and _any(b == 2):
             dq = torch.where((b == 2)[:, None], _ternarize_twn(w), dq)
-        dq = torch.where(binary, _binarize(w), dq)
+        if _any(binary):
+            dq = torch.where(binary, _binarize(w), dq)
         out = _ste(wg, dq)
-    out = torch.where(full, wg, out)
-    return torch.where(pruned, torch.zeros_like(out), out)
+    # Full-size selections only for subgroups that need them: a where with an all-false mask is the identity, and
+    # on the hot path of every training step (one per quantized matrix, forward and backward) it is not free.
+    if _any(full):
+        out = torch.where(full, wg, out)
+    return torch.where(pruned, torch.zeros_like(out), out) if _any(pruned) else out
+
+
+def _any(mask: Tensor) -> bool:
+    """Whether any subgroup is selected (``[G]`` booleans: cheap next to the ``[G, n]`` selection it may skip)."""
+    return bool(mask.any())
 
 
 def sqnr_db(reference: Tensor, approx: Tensor) -> float:

@@ -199,6 +199,7 @@ class ActQuant(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.bits is None:
             return x
+        x = x.float()  # under bf16 autocast the input may be bf16: ranges, rounding and scales stay fp32
         qmin, qmax = self._range()
         if self.lsq:
             return self._forward_lsq(x, qmin, qmax)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from amqs.quant.modules import ActQuant
 from amqs.search.supernet import arch_parameters, resample, set_relaxation, weight_parameters
+from amqs.train.loop import make_optimizer
 from amqs.train.losses import LossFn, ce_loss
 
 
@@ -55,23 +56,15 @@ class ArchitectConfig:
     grad_clip: float | None = None  # max grad norm of the logits; None: no clipping
 
 
-def weight_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
-    """AdamW over the weight parameters only (decay on matrices, none on biases/LayerNorms).
+def weight_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over the weight parameters only (decay on matrices, none on biases/LayerNorms; not the logits).
 
     Example:
         >>> opt = weight_optimizer(nn.Linear(2, 2), lr=1e-3)
         >>> [len(g["params"]) for g in opt.param_groups]
         [1, 1]
     """
-    weights = {id(p) for p in weight_parameters(model)}
-    decay, no_decay, seen = [], [], set()
-    for name, p in model.named_parameters():
-        if id(p) not in weights or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return make_optimizer(model, lr, weight_decay, fused=fused, params=weight_parameters(model))
 
 
 def _arch_optimizer(params: list[nn.Parameter], cfg: ArchitectConfig) -> torch.optim.Optimizer:

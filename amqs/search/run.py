@@ -54,6 +54,8 @@ from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
+from amqs.train.losses import LossFn
+from amqs.train.precision import pin_precision, with_precision
 from amqs.train.qat import load_teacher, pin_teacher, run_qat
 from amqs.utils.dist import (all_gather_objects, all_reduce_weighted, average_buffers, barrier, init_distributed,
                              is_main, resolve_device, same_on_all_ranks)
@@ -77,7 +79,7 @@ class _Search:
 
     model: nn.Module
     objective: SearchObjective
-    train_loss: DistillLoss
+    train_loss: LossFn  # the weights' loss (distillation), under the run's precision
     architect: Architect
     wopt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
@@ -149,10 +151,13 @@ def _trainer(cfg: DictConfig, model: nn.Module, teacher: nn.Module, objective: S
     """The losses, both optimizers, the scheduler and the Gumbel generator of a fresh search."""
     s, d = cfg.search, cfg.distill
     total = max(1, math.ceil(s.epochs * steps_per_epoch))
-    train_loss = DistillLoss(teacher.to(device) if (d.kd_weight or d.hidden_weight) else None, d)
+    precision = cfg.train.precision  # forward passes under bf16 autocast, or fp32 (amqs.train.precision)
+    train_loss = with_precision(DistillLoss(teacher.to(device) if (d.kd_weight or d.hidden_weight) else None, d),
+                                precision, device)
     arch_cfg = ArchitectConfig(**OmegaConf.to_container(s.arch, resolve=True))
-    architect = Architect(model, val_loss=objective, train_loss=train_loss, cfg=arch_cfg)
-    wopt = weight_optimizer(model, s.weight_lr, cfg.train.weight_decay)
+    architect = Architect(model, val_loss=with_precision(objective, precision, device), train_loss=train_loss,
+                          cfg=arch_cfg)
+    wopt = weight_optimizer(model, s.weight_lr, cfg.train.weight_decay, fused=cfg.train.fused_optimizer)
     sched = get_linear_schedule_with_warmup(wopt, int(cfg.train.warmup_ratio * total), total)
     gumbel = torch.Generator().manual_seed(cfg.train.seed)  # a CPU generator: resample() moves the noise
     return _Search(model, objective, train_loss, architect, wopt, sched, gumbel, total, ckpt, device)
@@ -277,7 +282,7 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
 
         metrics = run_search(cfg, on_progress=lambda step, row: print(step, row["train_loss"]))
     """
-    cfg = pin_teacher(cfg)  # teacher=auto: the folder it finds, in the hash and the saved config
+    cfg = pin_precision(pin_teacher(cfg), cfg.device)  # auto settings resolved: in the hash and the saved config
     out = run_dir(cfg)
     fp = config_hash(cfg)
     init_distributed(cfg.device)

@@ -171,8 +171,9 @@ class SupernetLinear(nn.Linear):
         return torch.softmax(logits / self.tau, dim=-1)
 
     def mixed_weight(self) -> Tensor:
-        """``W_mix[g] = sum_c p[g, c] Q_c(W[g])``, shaped like ``weight``."""
-        w = torch.einsum("gc,cgn->gn", self.probs().to(self.weight.dtype), self.candidate_weights())
+        """``W_mix[g] = sum_c p[g, c] Q_c(W[g])``, shaped like ``weight`` (fp32 even under bf16 autocast)."""
+        with torch.autocast(self.weight.device.type, enabled=False):
+            w = torch.einsum("gc,cgn->gn", self.probs().float(), self.candidate_weights())
         return w.reshape(self.weight.shape)
 
     def argmax_bits(self) -> Tensor:

@@ -33,6 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from amqs.train.losses import LossFn
 from amqs.train.losses import ce_loss as default_loss
+from amqs.train.precision import with_precision
 from amqs.utils.cli import UserError
 
 if TYPE_CHECKING:  # annotations only: amqs.config imports amqs.search, whose objective imports amqs.train
@@ -100,15 +101,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decay on weight matrices only (the BERT convention)."""
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, *, fused: bool = False,
+                   params: Optional[list[nn.Parameter]] = None) -> torch.optim.AdamW:
+    """AdamW with decay on weight matrices only (the BERT convention), over ``params`` (default: every trainable
+    parameter). ``fused``: PyTorch's fused kernel (about 6x faster on a CPU than the default loop over tensors,
+    the same update up to float rounding; ``train.fused_optimizer``)."""
+    allowed = None if params is None else {id(p) for p in params}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or (allowed is not None and id(p) not in allowed):
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -239,7 +244,8 @@ def fit(
     steps_per_epoch = len(loader)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     model.to(device).train()  # before the optimizer: its state lives where the parameters do
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    loss_fn = with_precision(loss_fn, cfg.precision, device)  # bf16: forward under autocast, all else fp32
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=cfg.fused_optimizer)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     run = _Run(model, optimizer, scheduler, total_steps, ckpt_dir / STATE_FILE if ckpt_dir else None)
     run.restore(device)

@@ -36,6 +36,7 @@ from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTER
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
+from amqs.train.precision import pin_precision
 from amqs.utils.dist import resolve_device
 from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, run_dir,
                             save_config, shared_models_dir, write_json)
@@ -253,7 +254,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     """
     out = run_dir(cfg)
     device = str(resolve_device(cfg.device))
-    cfg = pin_teacher(cfg)
+    cfg = pin_precision(pin_teacher(cfg), device)
     prev = check_recipe(cfg, assignment)
     if prev is not None and student_init is not None:
         raise ValueError("init_from and student_init both name the student's start: pass one")
@@ -283,7 +284,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
                "train_examples": result.train_examples, "epochs": cfg.train.epochs, "steps": result.steps,
                "seconds": round(result.seconds, 1), "final_loss": result.final_loss, "threads": torch.get_num_threads(),
                "config_hash": fp, "git_revision": git_revision(), "command": command,
-               "run": relative_run(out, cfg.paths.results_dir), "provenance": provenance(device, torch.get_num_threads()),
+               "run": relative_run(out, cfg.paths.results_dir), "provenance": provenance(device, torch.get_num_threads(), cfg.train.precision),
                "data_fingerprint": data_fingerprint(splits, task.name)}
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoint")

@@ -64,7 +64,7 @@ _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress",
 # Keys added after runs were recorded, with the value that means "not used": hashed only when set, so a
 # finished run keeps its fingerprint (and is reused) across the addition.
 _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, ("staged",): None,
-                    ("quant", "tws"): False}
+                    ("quant", "tws"): False, ("train", "precision"): "fp32", ("train", "fused_optimizer"): False}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed
