@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from amqs.search.architect import ArchitectConfig
+from amqs.train.reconstruct import ReconstructConfig
 
 # conf/ sits beside the package in the repository (editable install, see README).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -92,6 +93,10 @@ class TrainConfig:
     # AdamW's fused kernel (much faster on a CPU; the same update up to float rounding). conf/train/*.yaml say
     # true; a config saved before this key existed ran the default loop, so the schema default is false.
     fused_optimizer: bool = False
+    # The student's start before QAT (amqs.train.reconstruct): rtn (round-to-nearest from the teacher's weights) |
+    # lkd (fitted to the teacher block by block on calibration batches of train; train.reconstruct says how).
+    init: str = "rtn"
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     progress: bool = True
 
 

@@ -62,6 +62,9 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     out = teacher_dir(cfg)
     device = str(resolve_device(cfg.device))
     cfg = pin_precision(cfg, device)
+    if cfg.train.init != "rtn":
+        raise ValueError(f"train.init={cfg.train.init} starts a quantized student (amqs-qat, amqs-search); a teacher "
+                         "fine-tunes from the model's own weights: drop it")
     check_results_dir(cfg.paths.results_dir, smoke=cfg.smoke, model_source=cfg.model.source)
     check_writable(Path(cfg.paths.results_dir) / "teachers.csv")
     fp = config_hash(cfg)

@@ -51,12 +51,14 @@ from amqs.search.architect import Architect, ArchitectConfig, search_step, weigh
 from amqs.search.derive import derived_assignment
 from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
 from amqs.search.space import SearchSpace, load_space
-from amqs.search.supernet import TemperatureSchedule, arch_entropy, build_supernet, set_relaxation
+from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
+                                  set_relaxation)
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
 from amqs.train.losses import LossFn
 from amqs.train.precision import pin_precision, with_precision
-from amqs.train.qat import load_teacher, pin_teacher, run_qat
+from amqs.train.qat import check_init, load_teacher, pin_teacher, run_qat
+from amqs.train.reconstruct import ReconstructConfig, calibration_batches, reconstruct
 from amqs.utils.dist import (all_gather_objects, all_reduce_weighted, average_buffers, barrier, init_distributed,
                              is_main, resolve_device, same_on_all_ranks)
 from amqs.utils.cli import UserError
@@ -108,6 +110,8 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     objective = _objective(cfg, model, space)  # fails early on an infeasible budget
     loaders = _loaders(cfg, splits, tokenizer, rank, world)
     s = _trainer(cfg, model, teacher, objective, len(loaders[0]), out / "checkpoint" / STATE_FILE, device)
+    if not s.ckpt.exists():
+        _start_weights(cfg, model, teacher, splits, tokenizer, device)
     _restore_or_start(s, cfg.train.seed, rank, world)
     if rank == 0:
         truncate_log(out / LOG_FILE, s.step)  # a killed run's rows after its checkpoint are redone
@@ -125,6 +129,24 @@ def _supernet(cfg: DictConfig, teacher: nn.Module, device: torch.device) -> tupl
     build_supernet(model, space, init_std=s.init_std, init_bias=s.init_bias)  # on the CPU: the same logits anywhere
     set_relaxation(model, mode=s.relaxation)
     return model.to(device), space
+
+
+def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits: dict, tokenizer: Any,
+                   device: torch.device) -> None:
+    """``train.init=lkd``: fit the supernet's weights (every candidate's latent weight, at the initial
+    probabilities) to the teacher block by block before the search; ``rtn`` leaves them as they are.
+
+    The calibration batches are the first of the whole train split (not a rank's shard), so every rank
+    fits the same weights.
+    """
+    if check_init(cfg.train.init) == "rtn":
+        return
+    rc = ReconstructConfig(**OmegaConf.to_container(cfg.train.reconstruct, resolve=True))
+    loader = make_loader(splits["train"], tokenizer, max_length=cfg.data.max_length,
+                         batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+    fitted = reconstruct(model, teacher.to(device), calibration_batches(loader, rc.batches, device), rc,
+                         cfg.train.precision, exclude=arch_parameters(model))
+    log.info("supernet start: %d blocks reconstructed in %.0f s", len(fitted["blocks"]), fitted["seconds"])
 
 
 def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchObjective:

@@ -37,6 +37,7 @@ from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
 from amqs.train.metrics import evaluate
 from amqs.train.precision import pin_precision
+from amqs.train.reconstruct import INITS, ReconstructConfig, calibration_batches, reconstruct
 from amqs.utils.dist import resolve_device
 from amqs.utils.run import (config_hash, fingerprint, git_revision, prepare_run_dir, relative_run, run_dir,
                             save_config, shared_models_dir, write_json)
@@ -362,16 +363,54 @@ def _train_and_evaluate(cfg: DictConfig, student: nn.Module, teacher: nn.Module,
                         metrics: tuple[str, ...], out: Path, device: str) -> tuple[dict[str, Any], Any]:
     """PTQ accuracy on dev, QAT with distillation (resumable), then dev and search-val metrics."""
     dev_loader = loaders("dev")
-    # Post-training quantization accuracy (ranges from the first batches), before any training.
-    ptq = evaluate(student, dev_loader, metrics, device=device)
+    start = start_student(cfg, student, teacher, loaders, metrics, out, device)
     d = cfg.distill
     loss_fn = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
     result = fit(student, loaders("train", True), cfg.train, loss_fn=loss_fn, ckpt_dir=out / "checkpoint",
                  log_file=out / "train_log.jsonl", device=device, desc=f"qat {cfg.name}")
     dev = evaluate(student, dev_loader, metrics, device=device)
     search_val = evaluate(student, loaders("search_val"), metrics, device=device) if cfg.eval_search_val else {}
-    return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_accuracy_ptq": ptq["accuracy"],
+    return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), **start,
             "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1")}, result
+
+
+START_FILE = "start.json"  # in the run's checkpoint folder: the start's accuracies, for a resumed run
+
+
+def start_student(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loaders: _Loaders,
+                  metrics: tuple[str, ...], out: Path, device: str) -> dict[str, Any]:
+    """The student's start (``train.init``) and its accuracy before QAT (``*_ptq``: dev, and search-val).
+
+    ``rtn`` keeps the round-to-nearest student; ``lkd`` fits it to the teacher block by block
+    (:mod:`amqs.train.reconstruct`) on the first ``train.reconstruct.batches`` batches of the train loader.
+    A resumed run (its checkpoint holds the trained student) reads the start's numbers back instead.
+    """
+    ckpt = out / "checkpoint"
+    if (ckpt / STATE_FILE).exists() and (ckpt / START_FILE).exists():
+        log.info("resuming: the start's accuracies from %s", ckpt / START_FILE)
+        return json.loads((ckpt / START_FILE).read_text())
+    init = check_init(cfg.train.init)
+    stats: dict[str, Any] = {"init": init}
+    if init == "lkd":
+        rc = ReconstructConfig(**OmegaConf.to_container(cfg.train.reconstruct, resolve=True))
+        batches = calibration_batches(loaders("train", True), rc.batches, device)
+        fitted = reconstruct(student, teacher.to(device), batches, rc, cfg.train.precision)
+        write_json(out / "reconstruct.json", fitted)
+        stats["init_seconds"] = fitted["seconds"]
+    # Post-training quantization accuracy (activation ranges: calibrated by lkd, else each batch's own).
+    stats["dev_accuracy_ptq"] = evaluate(student, loaders("dev"), metrics, device=device)["accuracy"]
+    if cfg.eval_search_val:
+        stats["search_val_accuracy_ptq"] = evaluate(student, loaders("search_val"), metrics, device=device)["accuracy"]
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_json(ckpt / START_FILE, stats)
+    return stats
+
+
+def check_init(init: str) -> str:
+    """``train.init``, validated (one of :data:`amqs.train.reconstruct.INITS`)."""
+    if init not in INITS:
+        raise ValueError(f"train.init={init!r}: use one of {', '.join(INITS)}")
+    return init
 
 
 def _bits_metrics(cfg: DictConfig, assignment: Optional[BitAssignment], replaced: list[str]) -> dict[str, Any]:

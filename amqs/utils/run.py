@@ -64,7 +64,8 @@ _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress",
 # Keys added after runs were recorded, with the value that means "not used": hashed only when set, so a
 # finished run keeps its fingerprint (and is reused) across the addition.
 _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, ("staged",): None,
-                    ("quant", "tws"): False, ("train", "precision"): "fp32", ("train", "fused_optimizer"): False}
+                    ("quant", "tws"): False, ("train", "precision"): "fp32", ("train", "fused_optimizer"): False,
+                    ("search", "arch", "every"): 1, ("train", "init"): "rtn"}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed
@@ -89,6 +90,8 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict) and path[-1] in node and node[path[-1]] == unused:
             del node[path[-1]]
+    if "init" not in c.get("train", {"init": 1}):  # round-to-nearest reads no reconstruction settings
+        c["train"].pop("reconstruct", None)
     c.get("data", {}).pop("glue_dir", None)  # the same rows from the hub or a local copy
     for k in _TRAIN_NOT_HASHED:
         c.get("train", {}).pop(k, None)
