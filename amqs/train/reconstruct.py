@@ -49,7 +49,7 @@ INITS = ("rtn", "lkd")
 class ReconstructConfig:
     """How the ``lkd`` start fits each block (``train.reconstruct`` in the config)."""
 
-    batches: int = 64  # calibration batches from the train split (train.batch_size examples each)
+    batches: int = 32  # calibration batches from the train split (train.batch_size examples each)
     epochs: float = 2.0  # passes over them per block
     lr: float = 1.0e-3  # AdamW, linear decay to 0 within each block, no weight decay
     head: bool = True  # then fit the pooler/classifier to the teacher's logits
