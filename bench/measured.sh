@@ -5,3 +5,5 @@ export AMQS_GLUE_DIR="${AMQS_GLUE_DIR:-../shared/data/glue}"
 MEASURED="paths.results_dir=results train.precision=fp32 train.fused_optimizer=false"
 QAT_NAME='name=${data.task}-${quant.name}'
 SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
+# ... and their searches moved the architecture at every step (conf/search now says search.arch.every=4).
+SEARCH_MEASURED="search.arch.every=1"

@@ -23,7 +23,7 @@ MRPC="data=mrpc teacher=finetuned train.epochs=3 ${AMQS_EXTRA:-}"
 for r in q8bert ternarybert; do
   amqs-qat recipe=$r "$QAT_NAME" $MEASURED $MRPC
 done
-amqs-search search.space=ternary distill=hidden budget=c16_2 search.epochs=1 "$SEARCH_NAME" $MEASURED $MRPC
+amqs-search search.space=ternary distill=hidden budget=c16_2 search.epochs=1 "$SEARCH_NAME" $MEASURED $SEARCH_MEASURED $MRPC
 python bench/record_search.py results/runs/mrpc-ternary-compression16.2 --method search-ternary-compression16.2
 python bench/record_search.py results/runs/sst2-ternary-compression16.2 --method search-ternary-compression16.2
 

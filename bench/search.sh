@@ -8,11 +8,11 @@ set -euo pipefail
 source "$(dirname "$0")/measured.sh"
 BUDGET="teacher=shared_sst2 data.max_train_examples=16000 search.epochs=0.5 train.epochs=1 ${AMQS_EXTRA:-}"
 for b in ${BUDGETS:-c16_2 c13 c10_8}; do
-  amqs-search budget=$b "$SEARCH_NAME" $MEASURED $BUDGET
+  amqs-search budget=$b "$SEARCH_NAME" $MEASURED $SEARCH_MEASURED $BUDGET
 done
 # The ternary space (search_spaces/ternary.yaml: removable heads / FFN blocks, TWN 2-bit) with hidden-state
 # distillation, TernaryBERT's quantizer and loss, at TernaryBERT's size.
 for b in ${TERNARY_BUDGETS:-c16_2}; do
-  amqs-search search.space=ternary distill=hidden budget=$b "$SEARCH_NAME" $MEASURED $BUDGET
+  amqs-search search.space=ternary distill=hidden budget=$b "$SEARCH_NAME" $MEASURED $SEARCH_MEASURED $BUDGET
 done
 python -m amqs.report.search results

@@ -48,20 +48,35 @@ def render(results: Path) -> Path:
         parts.append(to_markdown(base, "Uniform baselines and literature recipes (baselines.csv, same task)"))
     step_path = results / "search_step.json"
     if step_path.exists():
-        st = json.loads(step_path.read_text())
-        parts.append(
-            "# Cost of a search step\n\n"
-            f"Side by side in one run (interleaved, batch {st['batch']} x {st['length']} tokens, "
-            f"{st['threads']} thread(s), median of {st['steps']} steps): a supernet step (architecture step on a "
-            f"search-val batch + weight step, both with the 4 candidates of every subgroup) takes "
-            f"**{st['supernet_over_qat']:.2f}x** the time of a fixed-assignment QAT step (w4a8) with the same "
-            f"distillation. Peak resident memory of a process doing only that: supernet "
-            f"{st['peak_rss_mb_supernet']:.0f} MB vs QAT {st['peak_rss_mb_qat']:.0f} MB "
-            f"(**{st['peak_rss_supernet_over_qat']:.2f}x**).\n\nCommand: `{st['command']}`\n"
-        )
+        parts.append(_step_cost(json.loads(step_path.read_text())))
     out = results / "search.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def _step_cost(st: dict) -> str:
+    """The "Cost of a search step" section from bench/search_step.py's JSON (also the older every-step form)."""
+    peak = (f"Peak resident memory of a process doing only that: supernet {st['peak_rss_mb_supernet']:.0f} MB vs QAT "
+            f"{st['peak_rss_mb_qat']:.0f} MB (**{st['peak_rss_supernet_over_qat']:.2f}x**).\n\n"
+            f"Command: `{st['command']}`\n")
+    where = f"interleaved, batch {st['batch']} x {st['length']} tokens, {st['threads']} thread(s)"
+    if "arch_every" not in st:  # recorded before search.arch.every: an architecture step at every step
+        return ("# Cost of a search step\n\n"
+                f"Side by side in one run ({where}, median of {st['steps']} steps): a supernet step (architecture "
+                f"step on a search-val batch + weight step, both with the 4 candidates of every subgroup) takes "
+                f"**{st['supernet_over_qat']:.2f}x** the time of a fixed-assignment QAT step (w4a8) with the same "
+                f"distillation. {peak}")
+    k = st["arch_every"]
+    arch = "at every step" if k == 1 else f"on one step in {k}"
+    bf16 = (f" (under bf16 autocast: **{st['supernet_over_qat_bf16']:.2f}x**)"
+            if "supernet_over_qat_bf16" in st else "")
+    return ("# Cost of a search step\n\n"
+            f"Side by side in one run ({where}, {st['precision']}, the mean of {st['steps']} steps: whole cycles of "
+            f"the schedule): a supernet step with conf/search/default.yaml's schedule (the weight step at every "
+            f"step, an architecture step on a search-val batch {arch}, sharing the quantized candidates) "
+            f"takes on average **{st['supernet_over_qat']:.2f}x** the time of a fixed-assignment QAT step (w4a8) "
+            f"with the same distillation{bf16}; a step that moves the architecture "
+            f"{st['supernet_arch_step_s_median'] / st['qat_step_s_median']:.2f}x (medians). {peak}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from amqs.quant.modules import ActQuant
-from amqs.search.supernet import arch_parameters, resample, set_relaxation, weight_parameters
+from amqs.search.supernet import arch_parameters, resample, set_relaxation, shared_candidates, weight_parameters
 from amqs.train.loop import make_optimizer
 from amqs.train.losses import LossFn, ce_loss
 
@@ -53,6 +53,9 @@ class ArchitectConfig:
     xi: float | None = None  # virtual weight step of the unrolled variant; None: the weight lr
     warmup_steps: int = 0  # N1 in steps: no architecture update before this global step ...
     warmup_epochs: float = 0.0  # ... nor before this many epochs (needs steps_per_epoch)
+    # An architecture update on every k-th step from the end of the warm-up on (1: every step, DARTS/AQ-BERT);
+    # the weights train on every step. FBNet trains the architecture on 20% of the data, the weights on 80%.
+    every: int = 1
     grad_clip: float | None = None  # max grad norm of the logits; None: no clipping
 
 
@@ -121,6 +124,8 @@ class Architect:
     ) -> None:
         self.model, self.val_loss, self.train_loss = model, val_loss, train_loss
         self.cfg = cfg or ArchitectConfig()
+        if self.cfg.every < 1:
+            raise ValueError(f"search.arch.every must be >= 1, got {self.cfg.every}")
         self.arch = arch_parameters(model)
         if not self.arch:
             raise ValueError(f"{type(model).__name__} has no architecture parameters; call build_supernet first")
@@ -131,13 +136,16 @@ class Architect:
         self.grad_hook: Callable[[list[Tensor]], None] | None = None
 
     def active(self, step: int, steps_per_epoch: int | None = None) -> bool:
-        """Whether global ``step`` is past the warm-up (N1) and the architecture should move."""
+        """Whether the architecture moves at global ``step``: past the warm-up (N1), on every ``cfg.every``-th step.
+
+        A function of the step alone, so a resumed search updates the architecture on the same steps.
+        """
         start = self.cfg.warmup_steps
         if self.cfg.warmup_epochs:
             if not steps_per_epoch:
                 raise ValueError("warmup_epochs needs steps_per_epoch")
             start = max(start, math.ceil(self.cfg.warmup_epochs * steps_per_epoch))
-        return step >= start
+        return step >= start and (step - start) % self.cfg.every == 0
 
     def step(self, val_batch: Any, train_batch: Any = None, xi: float | None = None) -> float:
         """One architecture update; returns the search-validation loss (at ``w`` or ``w'``).
@@ -216,9 +224,12 @@ def search_step(
     generator: torch.Generator | None = None,
     grad_hook: Callable[[list[Tensor | None]], None] | None = None,
 ) -> dict[str, float]:
-    """One bilevel step: set ``tau``, resample the Gumbel noise, arch step (after warm-up), weight step.
+    """One bilevel step: set ``tau``, resample the Gumbel noise, arch step (after warm-up, every
+    ``cfg.every``-th step), weight step.
 
-    The architecture step comes first (DARTS order) and both steps see the same noise sample.
+    The architecture step comes first (DARTS order); both steps see the same noise sample and share the
+    quantized candidates (:func:`~amqs.search.supernet.shared_candidates`; recomputed after the unrolled
+    variant's virtual weight steps).
     ``grad_hook`` sees the weight gradients before clipping (multi-process: average them across ranks,
     weighted by batch size; the architect's own ``grad_hook`` does the same for the logits).
     Returns ``{"train_loss", "val_loss" (only when the architecture moved)}``.
@@ -230,11 +241,12 @@ def search_step(
         set_relaxation(model, tau=tau)
     resample(model, generator)
     stats: dict[str, float] = {}
-    if val_batch is not None and architect.active(step, steps_per_epoch):
-        stats["val_loss"] = architect.step(val_batch, train_batch, xi=weight_opt.param_groups[0]["lr"])
     weights = architect.weights
-    weight_opt.zero_grad(set_to_none=True)
-    loss = train_loss(model, train_batch)
+    with shared_candidates(model):  # both steps see the same weights: quantize the candidates once
+        if val_batch is not None and architect.active(step, steps_per_epoch):
+            stats["val_loss"] = architect.step(val_batch, train_batch, xi=weight_opt.param_groups[0]["lr"])
+        weight_opt.zero_grad(set_to_none=True)
+        loss = train_loss(model, train_batch)
     loss.backward(inputs=weights)  # the logits get no gradient from the train loss
     if grad_hook is not None:
         grad_hook([w.grad for w in weights])

@@ -5,8 +5,14 @@ choices ``c`` (bit-widths, ascending), the layer uses
 
     W_mix[g] = sum_c p[g, c] * Q_c(W[g]),    p = softmax((alpha + gumbel_noise) / tau)
 
-with ``Q_0 = 0`` (pruned). All ``C`` candidates of all ``G`` subgroups are quantized in ONE call of
-:func:`amqs.quant.functions.quantize_subgroups` on the subgroup view repeated to ``[C*G, n]``.
+with ``Q_0 = 0`` (pruned). For the straight-through schemes (all but ``lsq``) the candidates are constants
+of the mix (:class:`_MixCandidates`: ``dW = sum_c p[g, c] dW_mix``, ``dp[g, c] = <dW_mix[g], Q_c(W[g])>``,
+bit for bit what autograd gives through the candidates' graph, without forming a ``[C, G, n]`` gradient);
+each is one :func:`amqs.quant.functions.quantize_subgroups` call on the ``[G, n]`` subgroup view (a working set
+of one matrix: several times faster than one call on the view repeated to ``[C*G, n]``) and the prune
+candidate is a zero block, never quantized. Within :func:`shared_candidates` (one search step) they are
+computed once while the weight is unchanged: the architecture and the weight step share them. LSQ (learned
+steps, which need the candidates' graph) quantizes all ``C`` candidates in one call on ``[C*G, n]``.
 Input activations are fake-quantized at fixed bits (:class:`~amqs.quant.modules.ActQuant`); the
 embeddings are fixed by :func:`build_supernet` through ``apply_assignment``.
 
@@ -26,7 +32,9 @@ Example::
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +70,34 @@ class TemperatureSchedule:
 
     def __call__(self, epoch: float) -> float:
         return max(self.t_min, self.t0 * math.exp(-self.eta * max(0.0, epoch - self.n0)))
+
+
+class _MixCandidates(torch.autograd.Function):
+    """``W_mix[g] = sum_c p[g, c] q[c, g]`` with ``q`` constant (the candidates, no graph) and the
+    straight-through gradient to the subgroup view ``wg`` of the weight from the choices ``c >= kept``.
+
+    Forward and both gradients are computed as autograd computed them through the candidates' graph, bit for
+    bit (the same einsums, the weight gradient summed over the candidates in order), without a ``[C, G, n]``
+    gradient. The prune candidate stays in ``q`` as a zero block: the einsums' rounding depends on ``C``.
+    """
+
+    @staticmethod
+    def forward(ctx, wg: Tensor, p: Tensor, q: Tensor, kept: int) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(p, q)
+        ctx.kept = kept
+        return torch.einsum("gc,cgn->gn", p, q)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: D102
+        p, q = ctx.saved_tensors
+        dw = dp = None
+        if ctx.needs_input_grad[0]:
+            dw = grad * p[:, ctx.kept, None]
+            for c in range(ctx.kept + 1, p.shape[1]):
+                dw = dw + grad * p[:, c, None]
+        if ctx.needs_input_grad[1]:
+            dp = torch.einsum("gn,cgn->gc", grad, q)
+        return dw, dp, None, None
 
 
 class SupernetLinear(nn.Linear):
@@ -117,6 +153,9 @@ class SupernetLinear(nn.Linear):
         self.register_buffer("choices", c, persistent=False)
         self.register_buffer("size_table", size.expand(num_subgroups, -1).clone(), persistent=False)
         self.register_buffer("_bits_flat", c.repeat_interleave(num_subgroups), persistent=False)  # [C*G], c-major
+        self._kept = 1 if choices[0] == 0 else 0  # choices[_kept:] are computed; the prune choice (0) never is
+        self.share_candidates = False  # set by shared_candidates(): reuse the candidates while the weight is unchanged
+        self._shared: tuple[tuple[int, int], Tensor] | None = None  # ((weight data_ptr, version), candidates)
         if scheme == "lsq":  # one learned step per (choice, subgroup), initialised in from_linear
             self.step = nn.Parameter(torch.ones(num_choices * num_subgroups, device=here))
         else:
@@ -159,9 +198,29 @@ class SupernetLinear(nn.Linear):
         return wg.unsqueeze(0).expand(len(self.choices), -1, -1).reshape(-1, wg.shape[1])  # [C*G, n]
 
     def candidate_weights(self) -> Tensor:
-        """All candidates ``Q_c(W[g])`` as ``[C, G, n]``, from one vectorized quantizer call."""
+        """All candidates ``Q_c(W[g])`` as ``[C, G, n]`` with their graph (STE, and LSQ's step gradients),
+        from one vectorized quantizer call (the reference of :class:`_MixCandidates`; the LSQ scheme's mix)."""
         q = quantize_subgroups(self._candidates_view(), self._bits_flat, self.scheme, self.step)
         return q.reshape(len(self.choices), self.num_subgroups, -1)
+
+    def _quantized(self, c: int, wg: Tensor) -> Tensor:
+        """``Q_c(wg)`` for choice index ``c`` (``[G, n]``), the same values as ``candidate_weights()[c]``."""
+        g = self.num_subgroups
+        return quantize_subgroups(wg, self._bits_flat[c * g:(c + 1) * g], self.scheme)
+
+    def _constant_candidates(self) -> Tensor:
+        """The candidates ``[C, G, n]`` without a graph, the prune choice a zero block (never quantized); within
+        :func:`shared_candidates`, computed once per value of the weight (its storage and version counter: any
+        in-place change recomputes them)."""
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self.share_candidates and self._shared is not None and self._shared[0] == key:
+            return self._shared[1]
+        with torch.no_grad():
+            wg = to_subgroups(self.weight.detach(), self.num_subgroups)
+            pruned = [torch.zeros_like(wg)] * self._kept
+            q = torch.stack(pruned + [self._quantized(c, wg) for c in range(self._kept, len(self.choices))])
+        self._shared = (key, q) if self.share_candidates else None
+        return q
 
     def probs(self) -> Tensor:
         """Choice probabilities ``p[G, C]`` under the current mode, temperature and noise."""
@@ -173,7 +232,12 @@ class SupernetLinear(nn.Linear):
     def mixed_weight(self) -> Tensor:
         """``W_mix[g] = sum_c p[g, c] Q_c(W[g])``, shaped like ``weight`` (fp32 even under bf16 autocast)."""
         with torch.autocast(self.weight.device.type, enabled=False):
-            w = torch.einsum("gc,cgn->gn", self.probs().float(), self.candidate_weights())
+            p = self.probs().float()
+            if self.step is not None:  # LSQ: the learned steps get gradients through the candidates
+                w = torch.einsum("gc,cgn->gn", p, self.candidate_weights())
+            else:
+                w = _MixCandidates.apply(to_subgroups(self.weight, self.num_subgroups), p,
+                                         self._constant_candidates(), self._kept)
         return w.reshape(self.weight.shape)
 
     def argmax_bits(self) -> Tensor:
@@ -248,6 +312,30 @@ def set_relaxation(model: nn.Module, mode: str | None = None, tau: float | None 
         m.tau = m.tau if tau is None else float(tau)
 
 
+@contextmanager
+def shared_candidates(model: nn.Module) -> Iterator[None]:
+    """Within: every :class:`SupernetLinear` reuses its quantized candidates while its weight is unchanged.
+
+    One search step's forward passes (architecture step, then weight step) see the same weights, so the
+    candidates are computed once; an in-place change of a weight by a tensor op (the unrolled step's virtual
+    weights and their restoration) bumps its version counter and recomputes them. Results are bit-identical to
+    computing them at every forward pass; the shared candidates are released on exit. No optimizer step may
+    run inside: fused optimizers change the weights without bumping their version counters.
+
+    Example:
+        >>> with shared_candidates(nn.Sequential()):
+        ...     pass
+    """
+    modules = list(supernet_modules(model).values())
+    for m in modules:
+        m.share_candidates, m._shared = True, None
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.share_candidates, m._shared = False, None
+
+
 @torch.no_grad()
 def resample(model: nn.Module, generator: torch.Generator | None = None) -> None:
     """Draw fresh Gumbel noise, once per logits tensor, shared by all modules tied to it.
@@ -316,4 +404,5 @@ def arch_entropy(model: nn.Module) -> float:
 
 
 __all__ = ["MODES", "SupernetLinear", "TemperatureSchedule", "arch_entropy", "arch_groups", "arch_parameters",
-           "build_supernet", "resample", "set_relaxation", "supernet_modules", "weight_parameters"]
+           "build_supernet", "resample", "set_relaxation", "shared_candidates", "supernet_modules",
+           "weight_parameters"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+import amqs.search.architect as architect_module
 from amqs.quant.modules import ActQuant
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.objective import Budget, SearchObjective, resolve_budget
@@ -113,6 +115,86 @@ def test_warmup_respected() -> None:
     assert [by_epoch.active(s, steps_per_epoch=4) for s in (5, 6)] == [False, True]
     with pytest.raises(ValueError, match="steps_per_epoch"):
         by_epoch.active(0)
+
+
+def test_arch_every_moves_the_logits_on_every_kth_step_after_the_warmup() -> None:
+    model = bert_supernet()
+    architect = Architect(model, objective(model), cfg=ArchitectConfig(warmup_steps=1, every=3))
+    wopt = weight_optimizer(model, lr=1e-3)
+    moved = []
+    for step in range(8):
+        before = snapshot(architect.arch)
+        stats = search_step(model, architect, wopt, batch(step), batch(10 + step), step=step, tau=1.0)
+        moved.append(not same(before, architect.arch))
+        assert ("val_loss" in stats) == moved[-1]
+    assert [step for step, m in enumerate(moved) if m] == [1, 4, 7]
+    by_epoch = Architect(model, objective(model), cfg=ArchitectConfig(warmup_epochs=0.5, every=2))
+    assert [s for s in range(8) if by_epoch.active(s, steps_per_epoch=4)] == [2, 4, 6]
+    with pytest.raises(ValueError, match="search.arch.every must be >= 1"):
+        Architect(model, objective(model), cfg=ArchitectConfig(every=0))
+
+
+def _searcher(every: int) -> tuple[nn.Module, Architect, torch.optim.Optimizer]:
+    model = bert_supernet(dropout=0.1)
+    architect = Architect(model, objective(model), cfg=ArchitectConfig(optimizer="adam", lr=0.05, every=every))
+    return model, architect, weight_optimizer(model, lr=1e-3)
+
+
+def _search_steps(parts: tuple, gumbel: torch.Generator, steps: range) -> None:
+    for step in steps:
+        search_step(*parts, batch(step, n=8), batch(10 + step, n=8), step=step, tau=1.0, generator=gumbel)
+
+
+def test_arch_every_resumes_on_the_same_steps() -> None:
+    """The schedule is a function of the global step: a search restored at step 4 moves the logits at step 6
+    as the uninterrupted one does, and ends with the same supernet."""
+    torch.manual_seed(0)
+    ref = _searcher(every=3)
+    _search_steps(ref, torch.Generator().manual_seed(1), range(7))
+    torch.manual_seed(0)
+    first, gumbel = _searcher(every=3), torch.Generator().manual_seed(1)
+    _search_steps(first, gumbel, range(4))
+    saved = copy.deepcopy({"model": first[0].state_dict(), "wopt": first[2].state_dict(),
+                           "arch": first[1].state_dict(), "rng": torch.get_rng_state(), "gumbel": gumbel.get_state()})
+    torch.manual_seed(123)  # a new process
+    second, gumbel = _searcher(every=3), torch.Generator()
+    second[0].load_state_dict(saved["model"])
+    second[2].load_state_dict(saved["wopt"])
+    second[1].load_state_dict(saved["arch"])
+    torch.set_rng_state(saved["rng"])
+    gumbel.set_state(saved["gumbel"])
+    _search_steps(second, gumbel, range(4, 7))
+    want, got = ref[0].state_dict(), second[0].state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_shared_candidates_leave_the_search_bit_identical(unrolled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logits and weights after search steps are the same with the quantized candidates shared by a step's
+    forward passes or recomputed at each; the unrolled step changes the weights in between (nothing is shared)."""
+    calls: list[int] = []
+    quantized = SupernetLinear._quantized
+    monkeypatch.setattr(SupernetLinear, "_quantized", lambda self, c, wg: calls.append(c) or quantized(self, c, wg))
+
+    def run() -> dict[str, torch.Tensor]:
+        model = bert_supernet(dropout=0.1)
+        architect = Architect(model, objective(model),
+                              cfg=ArchitectConfig(optimizer="adam", lr=0.05, unrolled=unrolled))
+        wopt = weight_optimizer(model, lr=1e-3)
+        torch.manual_seed(1)
+        _search_steps((model, architect, wopt), torch.Generator().manual_seed(0), range(3))
+        return model.state_dict()
+
+    shared = run()
+    n_shared, calls[:] = len(calls), []
+    monkeypatch.setattr(architect_module, "shared_candidates", lambda model: contextlib.nullcontext())
+    fresh = run()
+    assert all(torch.equal(shared[k], fresh[k]) for k in shared)
+    per_pass = 3 * 12 * 3  # 3 steps x 12 searched matrices x 3 quantized choices (prune is a zero block)
+    if unrolled:  # train at w, val at w', train at w+ and w-, weights at w restored: each a new weight version
+        assert n_shared == len(calls) == 5 * per_pass
+    else:
+        assert (n_shared, len(calls)) == (per_pass, 2 * per_pass)
 
 
 def test_architect_state_round_trip() -> None:

@@ -20,6 +20,7 @@ from amqs.search.supernet import (
     build_supernet,
     resample,
     set_relaxation,
+    shared_candidates,
     supernet_modules,
     weight_parameters,
 )
@@ -62,6 +63,44 @@ def test_vectorized_candidates_equal_loop_reference() -> None:
     p = torch.softmax(sn.arch_logits / 0.7, -1)
     ref = torch.stack([sum(p[g, c] * cands[c, g] for c in range(len(CHOICES))) for g in range(8)])
     torch.testing.assert_close(sn.mixed_weight(), ref.reshape(16, 12), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "symmetric", "twn"])
+@pytest.mark.parametrize("choices", [CHOICES, (2, 4, 8), (0, 32)])
+def test_mix_is_bit_identical_to_autograd_through_the_candidates(scheme: str, choices: tuple[int, ...]) -> None:
+    """The constant-candidate mix gives what autograd gave through the candidates' graph, bit for bit."""
+    torch.manual_seed(5)
+    sn = SupernetLinear.from_linear(nn.Linear(96, 64), choices, num_subgroups=16, scheme=scheme)
+    set_relaxation(sn, mode="softmax", tau=0.7)
+    with torch.no_grad():
+        sn.arch_logits.normal_()
+    reference = torch.einsum("gc,cgn->gn", sn.probs(), sn.candidate_weights()).reshape(64, 96)
+    mixed = sn.mixed_weight()
+    assert torch.equal(mixed, reference)
+    upstream = torch.randn(64, 96)
+    for got, want in zip(torch.autograd.grad(mixed, [sn.weight, sn.arch_logits], upstream),
+                         torch.autograd.grad(reference, [sn.weight, sn.arch_logits], upstream)):
+        assert torch.equal(got, want)
+
+
+def test_shared_candidates_are_quantized_once_per_weight_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(6)
+    sn = SupernetLinear.from_linear(nn.Linear(12, 16), CHOICES, num_subgroups=8)
+    calls: list[int] = []
+    quantized = SupernetLinear._quantized
+    monkeypatch.setattr(SupernetLinear, "_quantized", lambda self, c, wg: calls.append(c) or quantized(self, c, wg))
+    x = torch.randn(3, 12)
+    plain = sn(x)
+    assert calls == [1, 2, 3]  # the prune candidate (choice 0) is never quantized
+    with shared_candidates(sn):
+        assert torch.equal(sn(x), plain) and torch.equal(sn(x), plain) and len(calls) == 6  # once, reused
+        with torch.no_grad():
+            sn.weight.mul_(0.5)  # an in-place change: recomputed
+        halved = sn(x)
+        assert len(calls) == 9 and not torch.equal(halved, plain)
+    assert sn._shared is None and not sn.share_candidates  # released on exit
+    sn(x)
+    assert len(calls) == 12
 
 
 def test_gradients_reach_weights_and_logits() -> None:
