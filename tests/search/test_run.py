@@ -170,3 +170,25 @@ def test_infeasible_budget_fails_before_training(search_cfg: DictConfig) -> None
     search_cfg.budget.value = 1000.0
     with pytest.raises(ValueError, match="feasible range"):
         search_app(search_cfg)
+
+
+def test_the_lkd_start_fits_the_supernet_weights_and_keeps_its_logits(search_cfg: DictConfig) -> None:
+    from amqs.data import load_glue
+    from amqs.search.supernet import arch_parameters
+
+    teacher, tokenizer = qat.load_teacher(search_cfg, 2)
+    splits = load_glue(search_cfg.data)
+    for init, moved in (("rtn", False), ("lkd", True)):
+        cfg = compose_cfg("search", [*_overrides(search_cfg), f"train.init={init}", "train.reconstruct.batches=2"])
+        model, _ = search_run._supernet(cfg, teacher, torch.device("cpu"))
+        logits = [p.detach().clone() for p in arch_parameters(model)]
+        before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(".weight")}
+        search_run._start_weights(cfg, model, teacher, splits, tokenizer, torch.device("cpu"))
+        assert all(torch.equal(p, q) for p, q in zip(arch_parameters(model), logits))
+        changed = [k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])]
+        assert bool(changed) == moved and all(k.startswith("bert.encoder.") or "pooler" in k or "classifier" in k
+                                              for k in changed)
+
+
+def _overrides(cfg: DictConfig) -> list[str]:
+    return ["debug=smoke", f"paths.results_dir={cfg.paths.results_dir}", f"data.glue_dir={cfg.data.glue_dir}"]
