@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from amqs.config import DistillConfig, ModelConfig
+from amqs.config import CONF_DIR, DistillConfig, ModelConfig, register_configs
 from amqs.models import load_classifier
 from amqs.quant import apply_assignment, uniform_assignment
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
@@ -59,9 +60,10 @@ def configured_arch(search: str = "default") -> ArchitectConfig:
         >>> configured_arch().warmup_epochs
         0.0
     """
-    raw = OmegaConf.load(REPO / "conf" / "search" / f"{search}.yaml").arch
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ArchitectConfig), raw))
-    return dataclasses.replace(cfg, warmup_steps=0, warmup_epochs=0.0)
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        arch = compose("search", overrides=[f"search={search}"]).search.arch  # as amqs-search composes it
+    return dataclasses.replace(OmegaConf.to_object(arch), warmup_steps=0, warmup_epochs=0.0)
 
 
 def _batch(n: int, length: int, seed: int) -> dict[str, torch.Tensor]:

@@ -96,16 +96,13 @@ def test_the_hash_names_the_teacher_folder_not_its_spelling(tmp_path: Path, monk
 @pytest.mark.parametrize("run", ["sst2-default-compression13.0", "sst2-recipe-aqbert-compression13.0"])
 def test_finished_searches_keep_their_hash_across_search_arch_every(run: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """search.arch.every came after these runs: its legacy value 1 (the schema default) is not hashed, others are."""
-    from omegaconf import OmegaConf, open_dict
-
     from amqs.utils.run import REPO_ROOT, config_hash
+    from amqs.utils.runconfig import read_run_config
 
     monkeypatch.chdir(REPO_ROOT)  # the runs were recorded from the repository root
     folder = REPO_ROOT / "results" / "runs" / run
-    saved, recorded = OmegaConf.load(folder / "config.yaml"), json.loads((folder / "metrics.json").read_text())
-    assert "every" not in saved.search.arch and config_hash(saved) == recorded["config_hash"]
-    with open_dict(saved):
-        saved.search.arch.every = 1
-    assert config_hash(saved) == recorded["config_hash"]
-    saved.search.arch.every = 4
-    assert config_hash(saved) != recorded["config_hash"]
+    saved, recorded = read_run_config(folder), json.loads((folder / "metrics.json").read_text())
+    assert "search.arch.every" in saved.filled and saved.cfg.search.arch.every == 1  # not in the saved file
+    assert config_hash(saved.cfg) == recorded["config_hash"]
+    saved.cfg.search.arch.every = 4
+    assert config_hash(saved.cfg) != recorded["config_hash"]
