@@ -57,8 +57,7 @@ from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
 from amqs.train.losses import LossFn
 from amqs.train.precision import pin_precision, with_precision
-from amqs.train.qat import check_init, load_teacher, pin_teacher, run_qat
-from amqs.train.reconstruct import ReconstructConfig, calibration_batches, reconstruct
+from amqs.train.qat import check_init, lkd_start, load_teacher, pin_teacher, run_qat
 from amqs.utils.dist import (all_gather_objects, all_reduce_weighted, average_buffers, barrier, init_distributed,
                              is_main, resolve_device, same_on_all_ranks)
 from amqs.utils.cli import UserError
@@ -141,11 +140,9 @@ def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits
     """
     if check_init(cfg.train.init) == "rtn":
         return
-    rc = ReconstructConfig(**OmegaConf.to_container(cfg.train.reconstruct, resolve=True))
     loader = make_loader(splits["train"], tokenizer, max_length=cfg.data.max_length,
                          batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-    fitted = reconstruct(model, teacher.to(device), calibration_batches(loader, rc.batches, device), rc,
-                         cfg.train.precision, exclude=arch_parameters(model))
+    fitted = lkd_start(cfg, model, teacher, loader, device, exclude=arch_parameters(model))
     log.info("supernet start: %d blocks reconstructed in %.0f s", len(fitted["blocks"]), fitted["seconds"])
 
 

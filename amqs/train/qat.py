@@ -392,9 +392,7 @@ def start_student(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loade
     init = check_init(cfg.train.init)
     stats: dict[str, Any] = {"init": init}
     if init == "lkd":
-        rc = ReconstructConfig(**OmegaConf.to_container(cfg.train.reconstruct, resolve=True))
-        batches = calibration_batches(loaders("train", True), rc.batches, device)
-        fitted = reconstruct(student, teacher.to(device), batches, rc, cfg.train.precision)
+        fitted = lkd_start(cfg, student, teacher, loaders("train", True), device)
         write_json(out / "reconstruct.json", fitted)
         stats["init_seconds"] = fitted["seconds"]
     # Post-training quantization accuracy (activation ranges: calibrated by lkd, else each batch's own).
@@ -404,6 +402,15 @@ def start_student(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loade
     ckpt.mkdir(parents=True, exist_ok=True)
     write_json(ckpt / START_FILE, stats)
     return stats
+
+
+def lkd_start(cfg: DictConfig, model: nn.Module, teacher: nn.Module, loader: Any, device: str | torch.device,
+              exclude: Any = ()) -> dict[str, Any]:
+    """``train.init=lkd``: fit ``model`` to ``teacher`` block by block (``train.reconstruct``) on the first
+    batches of ``loader``, under ``train.precision``; ``exclude``: parameters left alone. Returns the fit's stats."""
+    rc = ReconstructConfig(**OmegaConf.to_container(cfg.train.reconstruct, resolve=True))
+    return reconstruct(model, teacher.to(device), calibration_batches(loader, rc.batches, device), rc,
+                       cfg.train.precision, exclude=exclude)
 
 
 def check_init(init: str) -> str:

@@ -221,7 +221,8 @@ def _fit_head(student: nn.Module, teacher: nn.Module, batches: list[dict[str, Te
     with torch.no_grad(), autocast(precision, device):
         t_logits = [teacher(**x).logits.float() for x in inputs]
     _, _, blocks = transformer_blocks(student)
-    as_tuple = isinstance(blocks[-1](xs[0][0], *xs[0][1], **xs[0][2]), (tuple, list))
+    with torch.no_grad():  # what the blocks return, for the stand-in (one forward, no graph)
+        as_tuple = isinstance(blocks[-1](xs[0][0], *xs[0][1], **xs[0][2]), (tuple, list))
     in_blocks = {id(p) for p in blocks.parameters()}
     params = [p for p in _trainable(student, exclude) if id(p) not in in_blocks]
 

@@ -90,8 +90,9 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(k) if isinstance(node, dict) else None
         if isinstance(node, dict) and path[-1] in node and node[path[-1]] == unused:
             del node[path[-1]]
-    if "init" not in c.get("train", {"init": 1}):  # round-to-nearest reads no reconstruction settings
-        c["train"].pop("reconstruct", None)
+    train = c.get("train")
+    if isinstance(train, dict) and "init" not in train:  # rtn (dropped above) reads no reconstruction settings
+        train.pop("reconstruct", None)
     c.get("data", {}).pop("glue_dir", None)  # the same rows from the hub or a local copy
     for k in _TRAIN_NOT_HASHED:
         c.get("train", {}).pop(k, None)
