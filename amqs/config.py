@@ -243,6 +243,9 @@ class SearchHParams:
     """The supernet search: relaxation, size penalty, schedule."""
 
     space: str = "default"  # search_spaces/<space>.yaml, or a path to a YAML file
+    # darts: the supernet search (bilevel, Gumbel-softmax); hawq: no supernet training, per-subgroup
+    # sensitivity x quantization noise allocated exactly by an integer program (amqs.search.hawq)
+    method: str = "darts"
     epochs: float = 1.0  # supernet epochs over the (capped) train split
     weight_lr: float = 2.0e-5  # AdamW on the weights (AQ-BERT: 2e-5)
     lam: float = 1.0  # lambda: weight of the size loss in L_val

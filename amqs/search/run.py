@@ -100,6 +100,10 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     checkpoints. ``on_progress(step, row)`` sees every logged row on rank 0 (pruning is for
     single-process runs: under torchrun an exception from it would stop rank 0 alone).
     """
+    if check_method(cfg.search.method) == "hawq":
+        from amqs.search.hawq import hawq_search  # no supernet training: sensitivity and an integer program
+
+        return hawq_search(cfg)
     rank, world = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)  # the logits' initial noise: the same on every rank
@@ -116,6 +120,16 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
         truncate_log(out / LOG_FILE, s.step)  # a killed run's rows after its checkpoint are redone
     _step_loop(cfg, s, *loaders, out / LOG_FILE, on_progress)
     return _derive(cfg, s, space, world)
+
+
+METHODS = ("darts", "hawq")
+
+
+def check_method(method: str) -> str:
+    """``search.method``, validated (one of :data:`METHODS`)."""
+    if method not in METHODS:
+        raise UserError(f"search.method={method!r}: use one of {', '.join(METHODS)}")
+    return method
 
 
 def _supernet(cfg: DictConfig, teacher: nn.Module, device: torch.device) -> tuple[nn.Module, SearchSpace]:

@@ -65,7 +65,7 @@ _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress",
 # finished run keeps its fingerprint (and is reused) across the addition.
 _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, ("staged",): None,
                     ("quant", "tws"): False, ("train", "precision"): "fp32", ("train", "fused_optimizer"): False,
-                    ("search", "arch", "every"): 1, ("train", "init"): "rtn"}
+                    ("search", "arch", "every"): 1, ("search", "method"): "darts", ("train", "init"): "rtn"}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed
