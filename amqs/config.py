@@ -239,6 +239,20 @@ class QatConfig(QatRunConfig):
 
 
 @dataclass
+class HawqConfig:
+    """``search.method=hawq`` (amqs.search.hawq): per-subgroup sensitivity on the fp32 teacher, bits allocated
+    by an exact integer program. Hashed only when some value differs from these defaults (amqs.utils.run)."""
+
+    # hessian: Hutchinson trace of the task-loss Hessian per subgroup (HAWQ-V2/V3); fisher: sum of squared
+    # batch gradients per subgroup (one backward per batch: a cheaper proxy)
+    sensitivity: str = "hessian"
+    batches: int = 8  # train-split batches of train.batch_size the sensitivity is averaged over
+    probes: int = 4  # Hutchinson Rademacher vectors per batch (hessian only)
+    seed: int = 0  # seeds the probes
+    time_limit: float = 60.0  # seconds HiGHS may take to prove the allocation optimal; past it the run fails
+
+
+@dataclass
 class SearchHParams:
     """The supernet search: relaxation, size penalty, schedule."""
 
@@ -257,8 +271,18 @@ class SearchHParams:
     t_min: float = 0.05
     init_std: float = 1.0e-3  # std of the initial logits (breaks argmax ties)
     init_bias: float = 0.0  # added to the initial logit of each subgroup's most precise choice
+    # Making the search commit (docs/search.md): a temperature over the search's length (geometric t0 ->
+    # t_final; null: t0 * exp(-eta * epochs)), straight-through one-hot samples from this fraction of the search
+    # on (null: never), an entropy term on softmax(alpha) ramped from 0 to entropy_weight over the search, and
+    # the size loss on E[C] under softmax(alpha) (expected) or AQ-BERT's (argmax).
+    t_final: Optional[float] = None
+    hard_from: Optional[float] = None
+    entropy_weight: float = 0.0
+    size_on: str = "argmax"
     # The architecture optimizer; defaults set in conf/search/*.yaml (AQ-BERT: SGD, lr 0.1).
     arch: ArchitectConfig = field(default_factory=ArchitectConfig)
+    # search.method=hawq only: its sensitivity and solver settings (recipe=hawq)
+    hawq: HawqConfig = field(default_factory=HawqConfig)
 
 
 @dataclass
@@ -293,6 +317,9 @@ class OuterPrunerConfig:
     n_startup_trials: int = 2  # finished trials to compare with before anything is pruned
     n_warmup_steps: int = 0  # no pruning before this search step
     percentile: float = 50.0  # pareto_median / median: prune above this percentile of the others
+    # Prune a trial whose derived (argmax) architecture has not met its budget by this fraction of the search
+    # (any pruner name but none): the repair, not the search, would choose its architecture. null: never.
+    budget_deadline: Optional[float] = None
     min_resource: int = 1  # successive_halving
     reduction_factor: int = 3  # successive_halving
 

@@ -290,7 +290,8 @@ def _objective(trial: optuna.Trial, study: optuna.Study, setup: StudySetup, cfg:
     trial.set_user_attr("run_dir", f"runs/{run_cfg.name}")
     try:
         metrics = run_search(run_cfg, command=f"{setup.command} (trial {trial.number})",
-                             on_progress=ProgressReporter(study, trial, cfg.outer.pruner))
+                             on_progress=ProgressReporter(study, trial, cfg.outer.pruner,
+                                                          search_epochs=run_cfg.search.epochs))
     except optuna.TrialPruned:
         # A pruned trial never resumes: drop its search checkpoint (hundreds of MB for MiniLM), keep its log.
         shutil.rmtree(setup.dir / "runs" / run_cfg.name / "checkpoint", ignore_errors=True)

@@ -89,7 +89,8 @@ def derived_assignment(
     Includes the searched Linears and the space's fixed embeddings. ``meta`` records the space,
     the budget, ``target_bytes``, the measured ``encoder_bits``/``encoder_bytes`` (exactly what
     ``model_size`` reports after ``apply_assignment``), the argmax size before repair, the number
-    of repair steps and ``search_config``. ``budget=None`` (or ``repair=False``) skips the repair.
+    of repair steps, ``repair_fraction`` (the share of decision units -- logits rows, tied modules counting once --
+    whose choice the repair changed) and ``search_config``. ``budget=None`` (or ``repair=False``) skips the repair.
 
     Example:
         >>> a = derived_assignment(model, space, Budget("avg_bits", 3.0))  # doctest: +SKIP
@@ -121,7 +122,9 @@ def derived_assignment(
         target = resolve_budget(budget, model, space.encoder_prefix)
         meta.update(budget=budget.to_dict(), target_bytes=target, eps=eps)
         if repair:
+            argmax_idx = idx
             idx, meta["repair_steps"] = repair_choices(lp, sz, ok, idx, fixed, 8 * target, eps)
+            meta["repair_fraction"] = round(float((idx != argmax_idx).double().mean()), 6)
     bits_of: dict[str, tuple[int, ...]] = {}
     start = 0
     for p, names in groups:
@@ -131,12 +134,19 @@ def derived_assignment(
             bits_of[n] = tuple(int(b) for b in modules[n].choices.cpu()[rows].tolist())
     encoder_bits = fixed + int(sz.gather(1, idx[:, None]).sum())
     meta.update(encoder_bits=encoder_bits, encoder_bytes=math.ceil(encoder_bits / 8), search=dict(search_config or {}))
-    return BitAssignment(modules=_entries(model, space, bits_of), scheme=space.scheme, act_bits=space.act_bits,
+    return BitAssignment(modules=assignment_entries(model, space, bits_of), scheme=space.scheme, act_bits=space.act_bits,
                          meta=meta)
 
 
-def _entries(model: nn.Module, space: SearchSpace, bits_of: Mapping[str, tuple[int, ...]]) -> dict[str, ModuleBits]:
-    """ModuleBits of the searched Linears and the fixed embeddings, in model order."""
+def assignment_entries(model: nn.Module, space: SearchSpace,
+                       bits_of: Mapping[str, tuple[int, ...]]) -> dict[str, ModuleBits]:
+    """ModuleBits of a supernet's searched Linears (``bits_of[name]``: bits per subgroup) and the space's fixed
+    embeddings, in model order: the ``modules`` of the :class:`BitAssignment` a search returns.
+
+    Example:
+        >>> entries = assignment_entries(model, space, {n: (8,) * m.num_subgroups  # doctest: +SKIP
+        ...                                              for n, m in supernet_modules(model).items()})
+    """
     emb = re.compile(space.embeddings)
     out: dict[str, ModuleBits] = {}
     for name, m in model.named_modules():
@@ -148,4 +158,4 @@ def _entries(model: nn.Module, space: SearchSpace, bits_of: Mapping[str, tuple[i
     return out
 
 
-__all__ = ["derived_assignment", "repair_choices"]
+__all__ = ["assignment_entries", "derived_assignment", "repair_choices"]

@@ -33,7 +33,9 @@ from torch import Tensor, nn
 
 from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
 from amqs.quant.size import ENCODER_PREFIX, model_size, qparam_bits
-from amqs.search.supernet import arch_entropy, supernet_modules
+from amqs.search.supernet import arch_entropy, arch_entropy_term, entropy_fraction, supernet_modules
+
+SIZE_ON = ("argmax", "expected")
 from amqs.train.losses import LossFn, ce_loss
 
 
@@ -71,15 +73,17 @@ def size_base(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeBas
 
 
 def expected_size_bits(
-    model: nn.Module, encoder_prefix: str = ENCODER_PREFIX, base: SizeBase | None = None
+    model: nn.Module, encoder_prefix: str = ENCODER_PREFIX, base: SizeBase | None = None, noise_free: bool = False
 ) -> Tensor:
-    """``E[C]`` in bits: a float64 scalar, differentiable w.r.t. the logits (uses the forward's probabilities).
+    """``E[C]`` in bits: a float64 scalar, differentiable w.r.t. the logits. Under the forward's probabilities
+    (noise, temperature, hard samples), or with ``noise_free`` under ``softmax(alpha)`` (what the search commits to).
 
     Example:
         >>> expected_size_bits(model).backward()  # doctest: +SKIP
     """
     base = base or size_base(model, encoder_prefix)
-    terms = [(m.probs().double() * m.size_table).sum() for m in supernet_modules(model).values()]
+    terms = [((m.choice_probs() if noise_free else m.probs()).double() * m.size_table).sum()
+             for m in supernet_modules(model).values()]
     return torch.stack(terms).sum() + float(base.fixed_bits)  # stays on the logits' device
 
 
@@ -166,6 +170,12 @@ class SearchObjective:
     eps: float = 0.05
     task_loss: LossFn | None = ce_loss
     encoder_prefix: str = ENCODER_PREFIX
+    # argmax: AQ-BERT's size loss, its regime set by the argmax size C, its value by E[C] under the forward's
+    # (noisy) probabilities; expected: regime and value from E[C] under softmax(alpha), so the distribution
+    # itself (not only its argmax) is pulled into the band.
+    size_on: str = "argmax"
+    entropy_weight: float = 0.0  # weight of the mean entropy of softmax(alpha) (times entropy_scale)
+    entropy_scale: float = 1.0  # set by the search loop: the ramp of the entropy term over the search
     # The fixed sizes do not depend on the architecture: walk model_size once per model, not per step.
     _bases: dict[int, SizeBase] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -174,9 +184,16 @@ class SearchObjective:
             self._bases[id(model)] = size_base(model, self.encoder_prefix)
         return self._bases[id(model)]
 
+    def __post_init__(self) -> None:
+        if self.size_on not in SIZE_ON:
+            raise ValueError(f"search.size_on={self.size_on!r}: use one of {', '.join(SIZE_ON)}")
+
     def size_term(self, model: nn.Module) -> Tensor:
         """``L_size`` at the current probabilities (float64 scalar)."""
         base = self._base(model)
+        if self.size_on == "expected":
+            expected = expected_size_bits(model, self.encoder_prefix, base, noise_free=True) / 8
+            return size_loss(expected, float(expected.detach()), self.target_bytes, self.eps)
         expected = expected_size_bits(model, self.encoder_prefix, base) / 8
         current = argmax_size_bits(model, self.encoder_prefix, base) / 8
         return size_loss(expected, current, self.target_bytes, self.eps)
@@ -184,25 +201,37 @@ class SearchObjective:
     def __call__(self, model: nn.Module, batch: dict[str, Tensor] | None) -> Tensor:
         size = self.size_term(model)
         if self.task_loss is None:
-            return size.float()
-        task = self.task_loss(model, batch)  # type: ignore[arg-type]
-        return task + self.lam * size.to(task.device, task.dtype)
+            loss = size.float()
+        else:
+            task = self.task_loss(model, batch)  # type: ignore[arg-type]
+            loss = task + self.lam * size.to(task.device, task.dtype)
+        if self.entropy_weight:
+            loss = loss + self.entropy_weight * self.entropy_scale * arch_entropy_term(model).to(loss.device, loss.dtype)
+        return loss
 
     @torch.no_grad()
     def stats(self, model: nn.Module) -> dict[str, float]:
         """Loggable numbers: expected/argmax/target encoder bytes, the size loss, mean entropy."""
         base = self._base(model)
         expected = expected_size_bits(model, self.encoder_prefix, base).item() / 8
+        committed = expected_size_bits(model, self.encoder_prefix, base, noise_free=True).item() / 8
         current = argmax_size_bits(model, self.encoder_prefix, base) / 8
         return {
             "expected_bytes": expected,
             "argmax_bytes": current,
             "target_bytes": self.target_bytes,
-            "size_loss": size_loss(torch.tensor(expected), current, self.target_bytes, self.eps).item(),
+            "size_loss": self.size_term(model).item(),
             "arch_entropy": arch_entropy(model),
             "in_budget": float(abs(current - self.target_bytes) <= self.eps * self.target_bytes),
+            **decision_stats(model, committed, self.target_bytes),
         }
 
 
-__all__ = ["BUDGET_KINDS", "Budget", "LossFn", "SearchObjective", "SizeBase", "argmax_size_bits", "ce_loss",
+def decision_stats(model: nn.Module, committed_bytes: float, target_bytes: float) -> dict[str, float]:
+    """How decided the search is: ``entropy_fraction`` (mean entropy of ``softmax(alpha)`` over its maximum) and
+    ``expected_over_budget`` (``E[C]`` under ``softmax(alpha)``, noise-free, over the target)."""
+    return {"entropy_fraction": entropy_fraction(model), "expected_over_budget": round(committed_bytes / target_bytes, 6)}
+
+
+__all__ = ["BUDGET_KINDS", "SIZE_ON", "Budget", "LossFn", "SearchObjective", "decision_stats", "SizeBase", "argmax_size_bits", "ce_loss",
            "expected_size_bits", "resolve_budget", "size_base", "size_bounds_bits", "size_loss"]

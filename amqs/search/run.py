@@ -49,10 +49,11 @@ from amqs.data import get_task, load_glue, make_loader
 from amqs.quant import BitAssignment, pruned_fraction, weight_bits_of
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.derive import derived_assignment
-from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
+from amqs.search.diagnostics import decision_metrics
+from amqs.search.objective import Budget, SearchObjective, ce_loss, decision_stats, expected_size_bits, resolve_budget
 from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
-                                  set_relaxation)
+                                  set_relaxation, supernet_modules)
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
 from amqs.train.losses import LossFn
@@ -164,7 +165,27 @@ def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchO
     """The architecture loss ``CE + lam * L_size`` for the budget (``ValueError`` when it is infeasible)."""
     target = resolve_budget(_budget(cfg), model, space.encoder_prefix)
     return SearchObjective(target_bytes=target, lam=cfg.search.lam, eps=cfg.search.eps, task_loss=ce_loss,
-                           encoder_prefix=space.encoder_prefix)
+                           encoder_prefix=space.encoder_prefix, size_on=cfg.search.size_on,
+                           entropy_weight=cfg.search.entropy_weight)
+
+
+def _schedule(cfg: DictConfig) -> TemperatureSchedule:
+    c = cfg.search
+    return TemperatureSchedule(t0=c.t0, eta=c.eta, n0=c.n0, t_min=c.t_min, t_final=c.t_final,
+                               epochs=c.epochs if c.t_final is not None else None)
+
+
+def _hard(model: nn.Module) -> bool:
+    return any(m.hard for m in supernet_modules(model).values())
+
+
+def _anneal(cfg: DictConfig, s: _Search) -> None:
+    """What depends on the search's progress besides the temperature: hard samples from ``search.hard_from`` on,
+    the entropy term's ramp (0 at the start, 1 at the end). A function of the step: a resumed run agrees."""
+    progress = s.step / s.total
+    hard_from = cfg.search.hard_from
+    set_relaxation(s.model, hard=hard_from is not None and progress >= hard_from)
+    s.objective.entropy_scale = progress
 
 
 def _budget(cfg: DictConfig) -> Budget:
@@ -234,8 +255,7 @@ def _step_loop(cfg: DictConfig, s: _Search, train_loader: DataLoader, val_loader
                on_progress: Optional[ProgressFn]) -> None:
     """Search steps from ``s.step`` to ``s.total``: log every ``log_every``, checkpoint every ``checkpoint_every``."""
     main, steps_per_epoch = is_main(), len(train_loader)
-    c = cfg.search
-    schedule = TemperatureSchedule(t0=c.t0, eta=c.eta, n0=c.n0, t_min=c.t_min)
+    schedule = _schedule(cfg)
     pairs = zip(batches(train_loader, s.step, s.device), batches(val_loader, s.step, s.device))
     bar = tqdm(total=s.total, initial=s.step, desc=f"search {cfg.name}", dynamic_ncols=True,
                disable=not (cfg.train.progress and main))
@@ -244,6 +264,7 @@ def _step_loop(cfg: DictConfig, s: _Search, train_loader: DataLoader, val_loader
     with open(log_path if main else os.devnull, "a") as logf:
         while s.step < s.total:
             tau = schedule(s.step / steps_per_epoch)
+            _anneal(cfg, s)
             stats = _step(cfg, s, *next(pairs), tau, steps_per_epoch)
             s.step += 1
             s.seconds = seconds_before + time.perf_counter() - t0
@@ -251,7 +272,7 @@ def _step_loop(cfg: DictConfig, s: _Search, train_loader: DataLoader, val_loader
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", tau=f"{tau:.3f}")
             if s.step % cfg.train.log_every == 0 or s.step == s.total:
                 row = {"step": s.step, "epoch": s.step / steps_per_epoch, "tau": tau, **stats,
-                       **s.objective.stats(s.model)}
+                       **s.objective.stats(s.model), "hard": float(_hard(s.model))}
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
                 if on_progress is not None and main:
@@ -284,8 +305,10 @@ def _derive(cfg: DictConfig, s: _Search, space: SearchSpace, world: int) -> BitA
     assignment = derived_assignment(s.model, space, _budget(cfg), eps=cfg.search.eps, search_config=search_config)
     if not same_on_all_ranks(int(fingerprint(assignment.to_dict()), 16) >> 1):
         raise RuntimeError("the ranks derived different assignments: their supernets diverged")
+    committed = expected_size_bits(s.model, space.encoder_prefix, noise_free=True).item() / 8
     meta = {**assignment.meta, "search_seconds": round(s.seconds, 1), "search_steps": s.total,
-            "final_arch_entropy": arch_entropy(s.model), "world_size": world}
+            "final_arch_entropy": arch_entropy(s.model), "world_size": world,
+            **decision_stats(s.model, committed, s.objective.target_bytes)}
     return BitAssignment(modules=assignment.modules, scheme=assignment.scheme, act_bits=assignment.act_bits,
                          meta=meta)
 
@@ -364,6 +387,7 @@ def _search_metrics(cfg: DictConfig, assignment: BitAssignment, retrain: dict[st
         "target_bytes": meta["target_bytes"], "derived_encoder_bytes": meta["encoder_bytes"],
         "argmax_encoder_bytes": meta["argmax_encoder_bytes"], "repair_steps": meta["repair_steps"],
         "avg_bits": avg_bits, "pruned_fraction": pruned_fraction(assignment),
+        **decision_metrics(meta),
         "search_seconds": meta.get("search_seconds"), "retrain_seconds": retrain["seconds"],
         "seconds": round((meta.get("search_seconds") or 0) + retrain["seconds"], 1),
         "search_epochs": cfg.search.epochs, "retrain_epochs": cfg.train.epochs, "reinit": cfg.reinit,

@@ -61,14 +61,25 @@ class TemperatureSchedule:
     Example:
         >>> round(TemperatureSchedule(t0=5.0, eta=0.5, n0=1.0)(3.0), 4)
         1.8394
+        >>> TemperatureSchedule(t0=1.0, eta=0.0, t_final=0.1, epochs=0.5)(0.5)  # over the search's length
+        0.1
     """
 
     t0: float
     eta: float
     n0: float = 0.0
     t_min: float = 0.05
+    # Set both for a schedule over the search's length instead of per epoch: geometric from t0 (at n0) to
+    # t_final at ``epochs`` (the search's length), whatever the number of epochs or steps; eta is then unused.
+    t_final: float | None = None
+    epochs: float | None = None
 
     def __call__(self, epoch: float) -> float:
+        if self.t_final is not None:
+            if not self.epochs or self.epochs <= self.n0:
+                raise ValueError(f"a t_final schedule needs the search's length in epochs > n0, got {self.epochs}")
+            progress = min(1.0, max(0.0, epoch - self.n0) / (self.epochs - self.n0))
+            return max(self.t_min, self.t0 * (self.t_final / self.t0) ** progress)
         return max(self.t_min, self.t0 * math.exp(-self.eta * max(0.0, epoch - self.n0)))
 
 
@@ -136,7 +147,7 @@ class SupernetLinear(nn.Linear):
         validate_bits(list(choices), "SupernetLinear choices")
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
-        self.scheme, self.mode, self.tau = scheme, "gumbel", 1.0
+        self.scheme, self.mode, self.tau, self.hard = scheme, "gumbel", 1.0, False
         self.num_subgroups, num_choices = num_subgroups, len(choices)
         # Search state lives with the weight (from_linear builds on "meta", then moves it with .to()).
         here = None if self.weight.is_meta else self.weight.device
@@ -223,11 +234,23 @@ class SupernetLinear(nn.Linear):
         return q
 
     def probs(self) -> Tensor:
-        """Choice probabilities ``p[G, C]`` under the current mode, temperature and noise."""
+        """Choice probabilities ``p[G, C]`` under the current mode, temperature and noise.
+
+        With ``hard`` (in training mode) the forward value is the one-hot of the sample's argmax and the
+        gradient that of the soft sample (straight-through Gumbel-softmax): the weights train on the
+        discrete network that was sampled, the logits still get a gradient."""
         logits = self.arch_logits
         if self.mode == "gumbel" and self.training and self.noise is not None:
             logits = logits + self.noise
-        return torch.softmax(logits / self.tau, dim=-1)
+        soft = torch.softmax(logits / self.tau, dim=-1)
+        if not (self.hard and self.training):
+            return soft
+        one_hot = F.one_hot(soft.detach().argmax(-1), soft.shape[-1]).to(soft.dtype)
+        return one_hot - soft.detach() + soft
+
+    def choice_probs(self) -> Tensor:
+        """The noise-free distribution ``softmax(alpha)`` the search commits with (no temperature, no noise)."""
+        return torch.softmax(self.arch_logits, dim=-1)
 
     def mixed_weight(self) -> Tensor:
         """``W_mix[g] = sum_c p[g, c] Q_c(W[g])``, shaped like ``weight`` (fp32 even under bf16 autocast)."""
@@ -297,11 +320,13 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad and id(p) not in arch]
 
 
-def set_relaxation(model: nn.Module, mode: str | None = None, tau: float | None = None) -> None:
-    """Set the relaxation ``mode`` (:data:`MODES`) and/or temperature ``tau`` of every searched module.
+def set_relaxation(model: nn.Module, mode: str | None = None, tau: float | None = None,
+                   hard: bool | None = None) -> None:
+    """Set the relaxation ``mode`` (:data:`MODES`), temperature ``tau`` and/or ``hard`` (straight-through
+    one-hot samples in training) of every searched module; ``None`` leaves a setting as it is.
 
     Example:
-        >>> set_relaxation(nn.Sequential(), mode="gumbel", tau=2.0)
+        >>> set_relaxation(nn.Sequential(), mode="gumbel", tau=2.0, hard=True)
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown relaxation mode {mode!r}; expected one of {MODES}")
@@ -310,6 +335,7 @@ def set_relaxation(model: nn.Module, mode: str | None = None, tau: float | None 
     for m in supernet_modules(model).values():
         m.mode = mode or m.mode
         m.tau = m.tau if tau is None else float(tau)
+        m.hard = m.hard if hard is None else bool(hard)
 
 
 @contextmanager
@@ -403,6 +429,33 @@ def arch_entropy(model: nn.Module) -> float:
     return torch.cat(rows).mean().item()
 
 
-__all__ = ["MODES", "SupernetLinear", "TemperatureSchedule", "arch_entropy", "arch_groups", "arch_parameters",
+@torch.no_grad()
+def entropy_fraction(model: nn.Module) -> float:
+    """:func:`arch_entropy` over its maximum (the mean of ``log C`` over the subgroups): 1 = uniform, 0 = committed.
+
+    Example:
+        >>> m = nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1, init_std=0.0))
+        >>> entropy_fraction(m)
+        1.0
+    """
+    params = arch_parameters(model)
+    top = sum(p.shape[0] * math.log(p.shape[1]) for p in params) / sum(p.shape[0] for p in params)
+    return round(arch_entropy(model) / top, 6) if top > 0 else 0.0
+
+
+def arch_entropy_term(model: nn.Module) -> Tensor:
+    """Mean entropy of ``softmax(alpha)`` over the subgroups, differentiable in the logits (the entropy term
+    of the architecture loss: minimising it makes each subgroup commit to one choice).
+
+    Example:
+        >>> m = nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1))
+        >>> arch_entropy_term(m).backward()
+    """
+    rows = [torch.distributions.Categorical(logits=p).entropy() for p in arch_parameters(model)]
+    return torch.cat(rows).mean()
+
+
+__all__ = ["MODES", "SupernetLinear", "TemperatureSchedule", "arch_entropy", "arch_entropy_term", "arch_groups",
+           "arch_parameters", "entropy_fraction",
            "build_supernet", "resample", "set_relaxation", "shared_candidates", "supernet_modules",
            "weight_parameters"]

@@ -86,6 +86,18 @@ def test_reporter_judges_a_trial_only_while_its_architecture_meets_the_budget() 
     assert study.get_trials()[-1].user_attrs[SIZE_ATTR] == 120.0
 
 
+def test_a_trial_that_never_meets_its_budget_is_pruned_at_the_deadline() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])  # no finished trial: only the deadline judges
+    trial = study.ask()
+    report = ProgressReporter(study, trial, OuterPrunerConfig(budget_deadline=0.75), search_epochs=0.5)
+    over = {"train_loss": 0.1, "in_budget": 0.0, "argmax_bytes": 300.0, "target_bytes": 120.0}
+    report(5, {**over, "epoch": 0.3})  # 60% of the search: still allowed to get there
+    with pytest.raises(optuna.TrialPruned, match="outside its budget .*budget_deadline"):
+        report(10, {**over, "epoch": 0.375})
+    unlimited = ProgressReporter(study, study.ask(), OuterPrunerConfig(), search_epochs=0.5)
+    unlimited(10, {**over, "epoch": 0.5})  # no deadline configured: never pruned for its size
+
+
 def test_single_objective_uses_optunas_pruner_on_the_loss() -> None:
     # Maximised accuracy: the reported loss is negated so Optuna's median pruner reads it the right way.
     study = optuna.create_study(direction="maximize", pruner=make_pruner(OuterPrunerConfig(name="median",

@@ -71,6 +71,12 @@ def test_repair_brings_size_into_budget(space_name: str, avg_bits: float) -> Non
     assert abs(before - target) > eps * target  # the argmax misses the budget
     a = derived_assignment(model, space, budget, eps=eps)
     assert a.meta["repair_steps"] > 0 and a.meta["argmax_encoder_bytes"] == math.ceil(before)
+    units = sum(p.shape[0] for p in arch_parameters(model))
+    if space_name == "aqbert":  # no ties: every module's subgroups are its own decision units
+        changed = sum(int((torch.tensor(a.modules[n].bits) != m.argmax_bits()).sum())
+                      for n, m in supernet_modules(model).items())
+        assert a.meta["repair_fraction"] == pytest.approx(changed / units, abs=1e-6)
+    assert 0 < a.meta["repair_fraction"] <= min(1.0, a.meta["repair_steps"] / units)
     assert a.meta["budget"] == {"kind": "avg_bits", "value": avg_bits} and a.meta["target_bytes"] == target
     assert abs(a.meta["encoder_bits"] / 8 - target) <= eps * target
     apply_assignment(fp32, a)

@@ -152,3 +152,29 @@ def test_size_only_step_inside_band_is_a_no_op() -> None:
     before = [p.detach().clone() for p in architect.arch]
     architect.step(None)
     assert all(torch.equal(a, p) for a, p in zip(before, architect.arch))
+
+
+def test_expected_size_loss_pulls_the_distribution_not_only_the_argmax() -> None:
+    model = supernet("default")
+    favour(model, 3, strength=1.0)  # argmax all-8-bit, but a spread distribution
+    target = argmax_size_bits(model) / 8  # the argmax sits on the target: AQ-BERT's loss is silent
+    assert SearchObjective(target_bytes=target, task_loss=None)(model, None).item() == 0.0
+    objective = SearchObjective(target_bytes=target, task_loss=None, size_on="expected")
+    committed = expected_size_bits(model, noise_free=True).item() / 8
+    assert committed < 0.95 * target  # E[C] under softmax(alpha) is far below: the expected loss pushes it up
+    assert objective(model, None).item() == pytest.approx(-math.log(committed / target))
+    stats = objective.stats(model)
+    assert stats["expected_over_budget"] == pytest.approx(committed / target, rel=1e-6)
+    assert 0.0 < stats["entropy_fraction"] < 1.0
+    with pytest.raises(ValueError, match="size_on"):
+        SearchObjective(target_bytes=target, size_on="median")
+
+
+def test_entropy_term_is_added_with_its_ramp() -> None:
+    model = supernet()
+    target = argmax_size_bits(model) / 8
+    base = SearchObjective(target_bytes=target, task_loss=None)(model, None).item()
+    obj = SearchObjective(target_bytes=target, task_loss=None, entropy_weight=0.5)
+    obj.entropy_scale = 0.4
+    from amqs.search.supernet import arch_entropy
+    assert obj(model, None).item() == pytest.approx(base + 0.5 * 0.4 * arch_entropy(model), rel=1e-5)

@@ -39,10 +39,28 @@ def test_search_derive_retrain_end_to_end(search_cfg: DictConfig, tmp_path: Path
     log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
     assert {"epoch", "tau", "train_loss", "expected_bytes", "argmax_bytes", "arch_entropy"} <= set(log[-1])
     assert log[0]["tau"] > log[-1]["tau"]  # annealed
+    assert {"entropy_fraction", "expected_over_budget", "hard"} <= set(log[-1])
+    for key in ("entropy_fraction", "expected_over_budget", "repair_fraction"):  # the search's decision
+        assert metrics[key] == bits.meta[key] and metrics[key] is not None
+    assert metrics["undecided"] == (metrics["entropy_fraction"] > 0.3 or metrics["repair_fraction"] > 0.01)
     assert (out / "retrain" / "metrics.json").exists() and not (out / "checkpoint").exists()
     rows = list(csv.DictReader((tmp_path / "search.csv").open()))
     assert rows[0]["space"] == "default" and rows[0]["distill"] == "logits" and float(rows[0]["budget_compression"]) == pytest.approx(13.0)
     assert search_app(search_cfg) == metrics  # a finished run is reused
+
+
+def test_commitment_settings_anneal_over_the_search(search_cfg: DictConfig, tmp_path: Path) -> None:
+    cfg = search_cfg.copy()
+    cfg.search.update(t_final=0.05, hard_from=0.5, entropy_weight=1.0, size_on="expected")
+    cfg.search.arch.every = 1
+    out = tmp_path / "runs" / cfg.name
+    out.mkdir(parents=True)
+    search_run.search(cfg, out)
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    steps = log[-1]["step"]
+    assert log[-1]["tau"] == pytest.approx(0.05 ** ((steps - 1) / steps))  # geometric 1 -> 0.05 over the search
+    hard = [row["hard"] for row in log]
+    assert hard[0] == 0.0 and hard[-1] == 1.0 and hard == sorted(hard)  # hard samples from half-way on
 
 
 class _Killed(Exception):

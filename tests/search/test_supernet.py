@@ -16,8 +16,10 @@ from amqs.search.supernet import (
     SupernetLinear,
     TemperatureSchedule,
     arch_entropy,
+    arch_entropy_term,
     arch_parameters,
     build_supernet,
+    entropy_fraction,
     resample,
     set_relaxation,
     shared_candidates,
@@ -192,3 +194,49 @@ def test_arch_entropy() -> None:
     assert arch_entropy(model) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="build_supernet"):
         arch_entropy(nn.Linear(2, 2))
+
+
+def test_hard_samples_are_one_hot_forward_and_soft_backward() -> None:
+    torch.manual_seed(5)
+    sn = SupernetLinear.from_linear(nn.Linear(8, 4), CHOICES, num_subgroups=4)
+    resample(sn, torch.Generator().manual_seed(1))
+    set_relaxation(sn, tau=0.7)
+    soft = sn.probs()
+    set_relaxation(sn, hard=True)
+    hard = sn.probs()
+    assert torch.equal(hard.detach().argmax(-1), soft.detach().argmax(-1))
+    assert torch.allclose(hard.detach(), torch.nn.functional.one_hot(soft.argmax(-1), 4).float(), atol=1e-6)
+    # the weights see the sampled discrete network: the mix is that choice's candidate
+    chosen = sn.candidate_weights().detach()[soft.argmax(-1), torch.arange(4)].reshape(4, 8)
+    assert torch.allclose(sn.mixed_weight().detach(), chosen, atol=1e-6)
+    g = torch.randn(4, 4)
+    (ghard,) = torch.autograd.grad((hard * g).sum(), sn.arch_logits)
+    set_relaxation(sn, hard=False)
+    (gsoft,) = torch.autograd.grad((sn.probs() * g).sum(), sn.arch_logits)
+    assert torch.allclose(ghard, gsoft)  # straight-through: the soft sample's gradient
+    set_relaxation(sn, hard=True)
+    sn.eval()
+    assert torch.equal(sn.probs(), torch.softmax(sn.arch_logits / 0.7, -1))  # hard only in training
+
+
+def test_temperature_over_the_search_length() -> None:
+    s = TemperatureSchedule(t0=1.0, eta=2.0, t_final=0.05, epochs=0.5, t_min=0.01)
+    assert s(0.0) == 1.0 and s(0.5) == pytest.approx(0.05) and s(2.0) == pytest.approx(0.05)
+    assert s(0.25) == pytest.approx(math.sqrt(0.05))  # geometric: halfway in log
+    with pytest.raises(ValueError, match="length"):
+        TemperatureSchedule(t0=1.0, eta=2.0, t_final=0.05)(0.1)
+
+
+def test_entropy_fraction_and_entropy_term() -> None:
+    model = nn.Sequential(SupernetLinear.from_linear(nn.Linear(4, 4), CHOICES, 2, init_std=0.0))
+    assert entropy_fraction(model) == pytest.approx(1.0)
+    term = arch_entropy_term(model)
+    assert term.item() == pytest.approx(math.log(4))
+    with torch.no_grad():
+        model[0].arch_logits.copy_(one_hot_logits([8, 8]))
+    assert entropy_fraction(model) == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        model[0].arch_logits.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    arch_entropy_term(model).backward()
+    grad = model[0].arch_logits.grad
+    assert grad[0, 0] < 0 and torch.allclose(grad[1], torch.zeros(4), atol=1e-7)  # raising the top lowers H
