@@ -3,11 +3,13 @@
 Example::
 
     metrics = evaluate(model, dev_loader, ("accuracy", "f1"))  # {"accuracy": 0.89, "f1": 0.91, ...}
+    metrics, record = evaluate_with_predictions(model, dev_loader, ("accuracy",), split="dev")
+    # record = {"split": "dev", "labels": [1, 0, ...], "predictions": [1, 1, ...]}: a QAT run's dev_predictions.json
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -45,8 +47,23 @@ def predict(model: nn.Module, loader: DataLoader, device: str = "cpu") -> tuple[
 
 def evaluate(model: nn.Module, loader: DataLoader, metrics: Iterable[str], device: str = "cpu") -> dict[str, float]:
     """The named metrics of ``model`` on ``loader``, plus ``examples``."""
+    return evaluate_with_predictions(model, loader, metrics, device)[0]
+
+
+def evaluate_with_predictions(model: nn.Module, loader: DataLoader, metrics: Iterable[str], device: str = "cpu",
+                              split: str = "dev") -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`evaluate`'s metrics, and the per-example record ``{"split", "labels", "predictions"}`` (ints, in
+    ``loader``'s order): what a paired comparison of two models on the same examples needs
+    (:mod:`amqs.report.compare`).
+
+    Example::
+
+        scores, record = evaluate_with_predictions(student, dev_loader, ("accuracy",))
+        right = sum(p == y for p, y in zip(record["predictions"], record["labels"]))
+        right / len(record["labels"])   # == scores["accuracy"], up to float32 rounding
+    """
     logits, labels = predict(model, loader, device)
     preds = logits.argmax(-1)
     out = {name: METRICS[name](preds, labels) for name in metrics}
     out["examples"] = len(labels)
-    return out
+    return out, {"split": split, "labels": labels.tolist(), "predictions": preds.tolist()}

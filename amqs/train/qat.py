@@ -35,7 +35,7 @@ from amqs.quant.split import split_ternary_linears
 from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import STATE_FILE, fit, seed_everything
-from amqs.train.metrics import evaluate
+from amqs.train.metrics import evaluate, evaluate_with_predictions
 from amqs.train.precision import pin_precision
 from amqs.train.reconstruct import INITS, ReconstructConfig, calibration_batches, reconstruct
 from amqs.utils.dist import resolve_device
@@ -46,6 +46,8 @@ from amqs.utils.provenance import data_fingerprint, provenance
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.pt"  # fake-quant student state (latent weights, ranges, steps); not in git
+# The trained student's dev predictions, per example in dev order (amqs.report.compare pairs runs on them); in git.
+PREDICTIONS_FILE = "dev_predictions.json"
 
 
 def load_teacher(cfg: DictConfig, num_labels: int):
@@ -361,14 +363,16 @@ def check_covers(assignment: BitAssignment, model: nn.Module, cfg: DictConfig) -
 
 def _train_and_evaluate(cfg: DictConfig, student: nn.Module, teacher: nn.Module, loaders: _Loaders,
                         metrics: tuple[str, ...], out: Path, device: str) -> tuple[dict[str, Any], Any]:
-    """PTQ accuracy on dev, QAT with distillation (resumable), then dev and search-val metrics."""
+    """PTQ accuracy on dev, QAT with distillation (resumable), then dev and search-val metrics; writes the dev
+    predictions (:data:`PREDICTIONS_FILE`) before the run's metrics.json."""
     dev_loader = loaders("dev")
     start = start_student(cfg, student, teacher, loaders, metrics, out, device)
     d = cfg.distill
     loss_fn = DistillLoss(teacher if (d.kd_weight or d.hidden_weight) else None, d)
     result = fit(student, loaders("train", True), cfg.train, loss_fn=loss_fn, ckpt_dir=out / "checkpoint",
                  log_file=out / "train_log.jsonl", device=device, desc=f"qat {cfg.name}")
-    dev = evaluate(student, dev_loader, metrics, device=device)
+    dev, predictions = evaluate_with_predictions(student, dev_loader, metrics, device=device, split="dev")
+    write_json(out / PREDICTIONS_FILE, predictions)
     search_val = evaluate(student, loaders("search_val"), metrics, device=device) if cfg.eval_search_val else {}
     return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), **start,
             "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1")}, result

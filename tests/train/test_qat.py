@@ -53,6 +53,20 @@ def test_run_qat_writes_run_dir_and_reuses(qat_cfg: DictConfig, tmp_path: Path) 
     assert run_qat(qat_cfg) == metrics  # same config: reused, not retrained
 
 
+@pytest.mark.slow
+def test_run_qat_records_its_dev_predictions(qat_cfg: DictConfig, tmp_path: Path) -> None:
+    from amqs.data import load_glue
+    from amqs.train.qat import PREDICTIONS_FILE
+
+    metrics = run_qat(qat_cfg)
+    record = json.loads((tmp_path / "runs" / "sst2-bert-tiny-w4a8" / PREDICTIONS_FILE).read_text())
+    labels, preds = record["labels"], record["predictions"]
+    assert record["split"] == "dev" and len(labels) == len(preds) == qat_cfg.data.max_dev_examples
+    assert all(type(v) is int for v in labels + preds)
+    assert labels == list(load_glue(qat_cfg.data)["dev"]["label"])  # dev order
+    assert sum(p == y for p, y in zip(preds, labels)) / len(labels) == pytest.approx(metrics["dev_accuracy"], abs=1e-6)
+
+
 def test_missing_teacher_says_how_to_make_one(tmp_path: Path, glue_dir: Path) -> None:
     cfg = compose_cfg("qat", ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}"])
     with pytest.raises(FileNotFoundError, match="amqs-finetune"):
