@@ -63,7 +63,8 @@ NOT_YET = {"latency_ms": "a trial's latency would need a latency model of the ON
 # Run metrics stored on every finished trial (user attributes; dev is reported, never selected on).
 REPORTED = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "encoder_bytes", "total_bytes",
             "fp32_encoder_bytes", "compression", "total_compression", "avg_bits", "pruned_fraction",
-            "target_bytes", "repair_steps", "search_seconds", "retrain_seconds", "seconds")
+            "target_bytes", "repair_steps", "search_seconds", "retrain_seconds", "seconds", "entropy_fraction",
+            "expected_over_budget", "repair_fraction", "undecided")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STUDY_FILE = "study.json"  # what amqs-report needs to find the study
 DB_FILE = "study.db"

@@ -41,7 +41,7 @@ def report(study_dir: Path, storage: Optional[str] = None, study_name: Optional[
     study_dir = Path(study_dir)
     study = load_study(study_dir, storage, study_name)
     info = study_info(study_dir)
-    df = trials_table(study)
+    df = trials_table(study, study_dir)
     written = [study_dir / "pareto.csv"]
     df.to_csv(written[0], index=False)
     # results/studies/<name> -> results/baselines.csv

@@ -37,8 +37,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from amqs.report.plots import _save
+from amqs.report.plots import save_figure
 from amqs.report.tables import to_markdown
+from amqs.search.diagnostics import run_decision
 from amqs.train.qat import PREDICTIONS_FILE
 from amqs.utils.cli import user_errors
 from amqs.utils.run import check_results_dir, check_writable, relative_run, table_row, upsert_csv
@@ -49,7 +50,7 @@ COLUMNS = ("task", "budget_compression", "method", "seed", "run", "encoder_bytes
            "total_compression", "dev_accuracy", "dev_f1", "search_val_accuracy", "train_examples", "steps",
            "seconds", "init", "precision", "undecided", "entropy_fraction", "repair_fraction", "predictions",
            "config_hash", "command", "add_command")
-SEARCH_ONLY = ("undecided", "entropy_fraction", "repair_fraction")  # a search run's metrics.json, when it has them
+SEARCH_ONLY = ("undecided", "entropy_fraction", "repair_fraction")  # a search run's (amqs.search.diagnostics)
 RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
 MARGIN = 0.003  # a "win" or "loss" needs a mean difference of at least 0.3 accuracy points
 TASK_NAMES = {"sst2": "SST-2", "mrpc": "MRPC"}
@@ -94,8 +95,9 @@ def run_row(run: str | Path, method: str, budget: float, results: str | Path,
            "seed": int(cfg.train.seed if seed is None else seed), "run": relative_run(run, results),
            "steps": steps, "init": cfg.train.get("init"), "precision": cfg.train.get("precision"),
            "predictions": _relative(pred_path, results)}
+    decision = run_decision(run) if search else {}  # (rebuilt from the log for searches that predate them)
     for k in SEARCH_ONLY:
-        row[k] = metrics.get(k) if search else None
+        row[k] = decision.get(k)
     return row
 
 
@@ -330,7 +332,7 @@ def plot_compare(df: pd.DataFrame, path: Path) -> Path:
     handles += [Patch(color=colors[b], label=f"budget {b:g}x") for b in budgets]
     fig.legend(handles=handles, loc="upper center", ncol=min(6, len(handles)), fontsize=8, bbox_to_anchor=(0.5, 1.02))
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _spread(values: pd.Series) -> float:

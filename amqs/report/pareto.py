@@ -23,12 +23,13 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from amqs.report.tables import to_markdown
+from amqs.search.diagnostics import MAX_ENTROPY_FRACTION, MAX_REPAIR_FRACTION, run_decision
 
 DIRECTIONS = ("maximize", "minimize")
 STUDY_FILE, DB_FILE = "study.json", "study.db"  # written by amqs.outer.study
 METRICS = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "encoder_bytes", "total_bytes",
            "fp32_encoder_bytes", "compression", "avg_bits", "pruned_fraction", "target_bytes", "repair_steps",
-           "seconds")
+           "seconds", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided")
 
 
 def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
@@ -79,8 +80,11 @@ def objective_names(study: optuna.Study) -> list[str]:
     return list(names) if names else [f"objective_{i}" for i in range(len(study.directions))]
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, ``param_<name>``, objective values, metrics, ``is_pareto``.
+def trials_table(study: optuna.Study, study_dir: Optional[Path] = None) -> pd.DataFrame:
+    """One row per trial: number, state, ``param_<name>``, objective values, metrics, ``undecided``, ``is_pareto``.
+
+    A complete trial recorded before the search's decision numbers gets them from its run folder under
+    ``study_dir`` (:func:`amqs.search.diagnostics.run_decision`), when given.
 
     Example:
         >>> trials_table(study)[["number", "state", "encoder_mb", "is_pareto"]]   # doctest: +SKIP
@@ -100,6 +104,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row["last_step"] = max(steps) if steps else None
         row["duration_s"] = round(t.duration.total_seconds(), 1) if t.duration else None
         row["run_dir"] = t.user_attrs.get("run_dir")
+        if row["undecided"] is None and t.state == TrialState.COMPLETE and study_dir is not None and row["run_dir"]:
+            row.update(run_decision(Path(study_dir) / row["run_dir"]))  # trials that predate the diagnostics
         rows.append(row)
     df = pd.DataFrame(rows, columns=None if rows else ["number", "state"])
     if df.empty:
@@ -149,11 +155,14 @@ def render_markdown(study: optuna.Study, df: pd.DataFrame, info: dict, chosen: O
          "(embeddings excluded); MB = 10^6 bytes."),
         f"Drawn bit allocation: trial {chosen} (best search-val accuracy on the front)." if chosen is not None else
         "No complete trial yet.",
+        ("undecided = the search did not decide (amqs.search.diagnostics): its final architecture entropy is over "
+         f"{MAX_ENTROPY_FRACTION:g} of the maximum, or the budget repair changed over {MAX_REPAIR_FRACTION:.0%} of "
+         "its choices; such a trial's allocation is the initial bias and the repair's, not the search's."),
         f"Command: `{info.get('command', '')}`",
     ]
     params = [c for c in df.columns if c.startswith("param_")]
     cols = ["number", *params, "encoder_bytes", "compression", "avg_bits", "pruned_fraction",
-            "search_val_accuracy", "dev_accuracy"]
+            "search_val_accuracy", "dev_accuracy", "entropy_fraction", "repair_fraction", "undecided"]
     cols = [c for c in cols if c in df.columns]
     front = (df[df["is_pareto"]].sort_values("encoder_bytes") if not df.empty else df)[cols].astype(object)
     for p in params:  # 3 significant digits: eps 0.0257 and lam 134.8 both stay readable
@@ -161,7 +170,7 @@ def render_markdown(study: optuna.Study, df: pd.DataFrame, info: dict, chosen: O
     parts = [to_markdown(front, "Pareto-optimal trials", notes)]
     parts += [f"![{Path(i).stem}]({i})\n" for i in images]
     every = [c for c in ["number", "state", "encoder_bytes", "search_val_accuracy", "dev_accuracy", "last_step",
-                         "duration_s", "is_pareto"] if c in df.columns]
+                         "duration_s", "undecided", "is_pareto"] if c in df.columns]
     parts.append(to_markdown(df[every].astype(object), "All trials"))
     if not baselines.empty:
         parts.append(to_markdown(baselines, "Uniform baselines and literature recipes (results/baselines.csv, same task and model)",

@@ -33,7 +33,7 @@ SHORT = {"attention.self.query": "query", "attention.self.key": "key", "attentio
 _LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.(.+)$")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -68,6 +68,10 @@ def plot_pareto(df: pd.DataFrame, path: Path, baselines: Optional[pd.DataFrame] 
         ax.plot(fx, fy, "-o", color="#ff7f0e", ms=6, label="Pareto front (search-val)")
         for n, xx, yy in zip(front["number"], fx, fy):
             ax.annotate(str(n), (xx, yy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        undecided = done["undecided"].map(lambda v: v is True or v == 1.0) if "undecided" in done else None
+        if undecided is not None and undecided.any():
+            ax.scatter(x[undecided], y[undecided], marker="x", color="#d62728", s=70, zorder=4,
+                       label="undecided search (amqs.search.diagnostics)")
         xs = list(x)
         if i == 1 and baselines is not None and not baselines.empty:
             for _, b in baselines.iterrows():
@@ -85,7 +89,7 @@ def plot_pareto(df: pd.DataFrame, path: Path, baselines: Optional[pd.DataFrame] 
         ax.legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def encoder_rows(assignment: BitAssignment) -> list[tuple[str, tuple[int, ...]]]:
@@ -135,7 +139,7 @@ def plot_bits(assignment: BitAssignment, path: Path, title: str = "") -> Path:
     handles = [Patch(color=c, label="pruned (0 bits)" if v == 0 else f"{v} bits") for v, c in zip(values, colors)]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="chosen bits")
     ax.set_title(title or "bits per subgroup")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-__all__ = ["encoder_rows", "plot_bits", "plot_pareto"]
+__all__ = ["encoder_rows", "plot_bits", "plot_pareto", "save_figure"]

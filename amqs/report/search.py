@@ -34,6 +34,11 @@ NOTES = (
     "compression = fp32 encoder bytes / encoder bytes (Transformer layers incl. quantization parameters, "
     "biases, LayerNorms, activation ranges; embeddings excluded, as AQ-BERT reports). avg_bits = stored weight "
     "bits per searched weight (pruned = 0); pruned_fraction = share of searched weights pruned.",
+    "Did the search decide (amqs.search.diagnostics)? entropy_fraction = the final mean entropy of softmax(alpha) "
+    "over its maximum (1: the logits never moved); expected_over_budget = E[C] under softmax(alpha) / target; "
+    "repair_fraction = share of the choices the budget repair changed after the argmax. undecided = "
+    "entropy_fraction > 0.3 or repair_fraction > 0.01. Runs that predate these numbers: entropy_fraction rebuilt "
+    "from the search log's last arch_entropy over log(number of the space's default choices), the rest unknown (–).",
 )
 
 
