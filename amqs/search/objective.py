@@ -171,8 +171,8 @@ class SearchObjective:
     task_loss: LossFn | None = ce_loss
     encoder_prefix: str = ENCODER_PREFIX
     # argmax: AQ-BERT's size loss, its regime set by the argmax size C, its value by E[C] under the forward's
-    # (noisy) probabilities; expected: regime and value from E[C] under softmax(alpha), so the distribution
-    # itself (not only its argmax) is pulled into the band.
+    # (noisy) probabilities; expected: |log(E[C]/V)| with E[C] under softmax(alpha), so the distribution itself
+    # (not only its argmax) is pulled to the target, with no dead band.
     size_on: str = "argmax"
     entropy_weight: float = 0.0  # weight of the mean entropy of softmax(alpha) (times entropy_scale)
     entropy_scale: float = 1.0  # set by the search loop: the ramp of the entropy term over the search
@@ -191,9 +191,9 @@ class SearchObjective:
     def size_term(self, model: nn.Module) -> Tensor:
         """``L_size`` at the current probabilities (float64 scalar)."""
         base = self._base(model)
-        if self.size_on == "expected":
+        if self.size_on == "expected":  # |log(E[C] / V)|: no dead band, so E[C] (and, committed, C) ends at V
             expected = expected_size_bits(model, self.encoder_prefix, base, noise_free=True) / 8
-            return size_loss(expected, float(expected.detach()), self.target_bytes, self.eps)
+            return size_loss(expected, float(expected.detach()), self.target_bytes, 0.0)
         expected = expected_size_bits(model, self.encoder_prefix, base) / 8
         current = argmax_size_bits(model, self.encoder_prefix, base) / 8
         return size_loss(expected, current, self.target_bytes, self.eps)

@@ -163,6 +163,8 @@ def test_expected_size_loss_pulls_the_distribution_not_only_the_argmax() -> None
     committed = expected_size_bits(model, noise_free=True).item() / 8
     assert committed < 0.95 * target  # E[C] under softmax(alpha) is far below: the expected loss pushes it up
     assert objective(model, None).item() == pytest.approx(-math.log(committed / target))
+    near = SearchObjective(target_bytes=committed * 1.02, task_loss=None, size_on="expected")
+    assert near(model, None).item() == pytest.approx(math.log(1.02))  # no dead band: pulled to V itself
     stats = objective.stats(model)
     assert stats["expected_over_budget"] == pytest.approx(committed / target, rel=1e-6)
     assert 0.0 < stats["entropy_fraction"] < 1.0
