@@ -1,6 +1,7 @@
 """Does a search setting commit? The search phase alone, and its derived assignment's start on search-val.
 
     python bench/commit.py --name c13-hard search.t_final=0.05 search.hard_from=0.6 search.size_on=expected
+    python bench/commit.py --name c13-hawq --bits results/runs/cmp-sst2-c13-hawq-s42/bits.json   # another's start
 
 Composes ``amqs-search`` with the comparison's settings (SST-2, 16,000 train examples, search 0.5 epoch, bf16,
 the lkd start, 1 thread, the 13x budget unless overridden) plus the given overrides; runs the supernet search
@@ -36,7 +37,7 @@ from amqs.utils.run import config_hash, save_config, upsert_csv, write_json
 BASE = ["teacher=shared_sst2", "data.max_train_examples=16000", "search.epochs=0.5", "train.precision=bf16",
         "train.init=lkd", "train.num_threads=1", "train.progress=false", "budget=c13"]
 COLUMNS = ("name", "budget_compression", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided",
-           "argmax_over_target", "search_val_accuracy_start", "search_seconds", "overrides", "config_hash")
+           "argmax_over_target", "encoder_over_target", "search_val_accuracy_start", "search_seconds", "overrides", "config_hash")
 
 
 def start_accuracy(cfg, assignment: BitAssignment) -> float:
@@ -57,6 +58,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, default=Path("outputs/commit"))
+    p.add_argument("--bits", type=Path, default=None,
+                   help="measure this finished assignment's start instead of searching (e.g. another method's)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -68,7 +71,9 @@ def main() -> None:
     out = args.out / args.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    if not (out / "bits.json").exists():
+    if args.bits is not None:
+        BitAssignment.from_json(args.bits).to_json(out / "bits.json")
+    elif not (out / "bits.json").exists():
         search(cfg, out).to_json(out / "bits.json")
     assignment = BitAssignment.from_json(out / "bits.json")
     meta = assignment.meta
@@ -79,8 +84,10 @@ def main() -> None:
     start = json.loads((out / "start.json").read_text())
     row = {"name": args.name, "budget_compression": cfg.budget.value, **decision_metrics(meta),
            "argmax_over_target": round(meta["argmax_encoder_bytes"] / meta["target_bytes"], 4),
+           "encoder_over_target": round(meta["encoder_bytes"] / meta["target_bytes"], 4),
            "search_val_accuracy_start": round(start["search_val_accuracy"], 4),
-           "search_seconds": meta.get("search_seconds"), "overrides": " ".join(args.overrides),
+           "search_seconds": meta.get("search_seconds"),
+           "overrides": " ".join(args.overrides) + (f" --bits {args.bits}" if args.bits else ""),
            "config_hash": config_hash(cfg)}
     upsert_csv(args.out / "commit.csv", row, key=("name",), columns=COLUMNS)
     print(json.dumps(row), file=sys.stdout)
