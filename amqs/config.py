@@ -249,7 +249,9 @@ class HawqConfig:
     batches: int = 8  # train-split batches of train.batch_size the sensitivity is averaged over
     probes: int = 4  # Hutchinson Rademacher vectors per batch (hessian only)
     seed: int = 0  # seeds the probes
-    time_limit: float = 60.0  # seconds HiGHS may take to prove the allocation optimal; past it the run fails
+    # seconds HiGHS may take to prove the allocation optimal (only for a core too large for the exact dynamic
+    # program, amqs.search.hawq.MAX_DP_BYTES); past it the run fails
+    time_limit: float = 60.0
 
 
 @dataclass

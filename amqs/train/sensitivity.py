@@ -5,6 +5,7 @@
    Hutchinson's method (``E_v[v^T H v]``, Rademacher ``v``; one Hessian-vector product per probe serves every
    unit at once), or the cheaper empirical-Fisher proxy ``sum g^2 / n_u`` of the batch gradients. Q-BERT
    ranks layers by the top Hessian eigenvalue (mean + std over batches); the trace is HAWQ-V2's refinement.
+   The estimators also give per-subgroup sums (``reduce=row_blocks(...)``) for ``amqs.search.hawq``.
 2. **Allocation**: units sorted by sensitivity take non-increasing bits from ``choices`` (a more sensitive
    unit never gets fewer bits). Among those monotone assignments whose encoder fits the budget, the one
    with the smallest second-order loss estimate ``Omega = sum_u tr(H_u)/n_u * ||Q_b(W_u) - W_u||^2``
@@ -26,7 +27,7 @@ import copy
 import itertools
 import math
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +43,9 @@ from amqs.train.losses import LossFn, ce_loss
 SENSITIVITIES = ("hessian", "fisher")
 GRANULARITIES = ("layer", "matrix")
 _LAYER = re.compile(r"(.*\.layer\.\d+)\.")
+# How a tensor's per-weight terms (``v * Hv`` or ``g^2``, shaped like the weight) become its estimate: ``None`` sums
+# them to one float; a callable ``(name, terms) -> Tensor`` keeps a tensor per name, e.g. one sum per row block.
+Reduce = Callable[[str, Tensor], Tensor]
 
 
 def unit_of(name: str, granularity: str) -> str:
@@ -57,12 +61,25 @@ def unit_of(name: str, granularity: str) -> str:
     return m.group(1) if m else name
 
 
+def row_blocks(num_subgroups: Mapping[str, int]) -> Reduce:
+    """A :data:`Reduce` summing each tensor's terms per subgroup (``num_subgroups[name]`` row blocks), in float64.
+
+    Example:
+        >>> row_blocks({"w": 2})("w", torch.ones(4, 3)).tolist()
+        [6.0, 6.0]
+    """
+    return lambda name, terms: to_subgroups(terms.detach(), num_subgroups[name]).double().sum(1)
+
+
 def hessian_trace(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[dict[str, Tensor]],
-                  loss_fn: LossFn = ce_loss, probes: int = 4, seed: int = 0) -> dict[str, float]:
+                  loss_fn: LossFn = ce_loss, probes: int = 4, seed: int = 0,
+                  reduce: Reduce | None = None) -> dict[str, float] | dict[str, Tensor]:
     """Hutchinson estimate of ``tr(H)`` of the loss restricted to each tensor of ``params``, batch-averaged.
 
     Exact for a Hessian that is diagonal within each tensor (``v_i^2 = 1``). Attention runs in the math
-    SDPA kernel (the fused CPU kernel has no double backward).
+    SDPA kernel (the fused CPU kernel has no double backward). With ``reduce`` (e.g. :func:`row_blocks`)
+    each tensor's ``v * Hv`` terms are reduced by it instead of summed: the same probes give, per name, a
+    float64 tensor (per-subgroup traces that add up to the per-tensor one).
 
     Example:
         >>> lin = nn.Linear(3, 1, bias=False)
@@ -83,7 +100,10 @@ def hessian_trace(model: nn.Module, params: Mapping[str, Tensor], batches: Itera
                 vs = [(torch.randint(0, 2, t.shape, generator=g) * 2 - 1).to(t.device, t.dtype) for t in tensors]
                 hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=p < probes - 1)
                 for name, v, hv in zip(names, vs, hvs):
-                    total[name] += float((v * hv).sum()) / probes
+                    if reduce is None:
+                        total[name] += float((v * hv).sum()) / probes
+                    else:
+                        total[name] = total[name] + reduce(name, v * hv).double().cpu() / probes
             n_batches += 1
     if not n_batches:
         raise ValueError("no batches to estimate the Hessian trace on")
@@ -91,8 +111,10 @@ def hessian_trace(model: nn.Module, params: Mapping[str, Tensor], batches: Itera
 
 
 def fisher_trace(model: nn.Module, params: Mapping[str, Tensor], batches: Iterable[dict[str, Tensor]],
-                 loss_fn: LossFn = ce_loss) -> dict[str, float]:
+                 loss_fn: LossFn = ce_loss, reduce: Reduce | None = None) -> dict[str, float] | dict[str, Tensor]:
     """``sum g^2`` of each tensor's gradient of the batch loss, batch-averaged (an empirical-Fisher proxy).
+
+    With ``reduce``, each tensor's ``g^2`` terms are reduced by it instead (see :func:`hessian_trace`).
 
     Example:
         >>> lin = nn.Linear(2, 1, bias=False)
@@ -105,11 +127,63 @@ def fisher_trace(model: nn.Module, params: Mapping[str, Tensor], batches: Iterab
     for batch in batches:
         grads = torch.autograd.grad(loss_fn(model, batch), tensors)
         for name, gr in zip(names, grads):
-            total[name] += float(gr.pow(2).sum())
+            if reduce is None:
+                total[name] += float(gr.pow(2).sum())
+            else:
+                total[name] = total[name] + reduce(name, gr.pow(2)).double().cpu()
         n_batches += 1
     if not n_batches:
         raise ValueError("no batches to estimate the Fisher trace on")
     return {k: v / n_batches for k, v in total.items()}
+
+
+def weight_traces(model: nn.Module, weights: Mapping[str, Tensor], batches: Iterable[dict[str, Tensor]],
+                  measure: str = "hessian", *, probes: int = 4, seed: int = 0, loss_fn: LossFn = ce_loss,
+                  reduce: Reduce | None = None) -> dict[str, float] | dict[str, Tensor]:
+    """:func:`hessian_trace` or :func:`fisher_trace` (``measure``) of ``weights``, ``model`` in eval mode.
+
+    No dropout (the loss is a deterministic function of the weights) and gradients on for ``weights`` during
+    the call; the model's mode and the weights' ``requires_grad`` are restored after it.
+
+    Example:
+        >>> lin = nn.Linear(2, 2, bias=False)
+        >>> t = weight_traces(lin, {"w": lin.weight}, [{}], "fisher", loss_fn=lambda m, b: m.weight.sum(),
+        ...                   reduce=row_blocks({"w": 2}))
+        >>> t["w"].tolist()  # every gradient is 1: two weights per row block
+        [2.0, 2.0]
+    """
+    if measure not in SENSITIVITIES:
+        raise ValueError(f"sensitivity must be one of {SENSITIVITIES}, got {measure!r}")
+    was_training, grad_flags = model.training, {n: w.requires_grad for n, w in weights.items()}
+    model.eval()
+    try:
+        for w in weights.values():
+            w.requires_grad_(True)
+        if measure == "hessian":
+            return hessian_trace(model, weights, batches, loss_fn, probes, seed, reduce=reduce)
+        return fisher_trace(model, weights, batches, loss_fn, reduce=reduce)
+    finally:
+        model.train(was_training)
+        for n, w in weights.items():
+            w.requires_grad_(grad_flags[n])
+
+
+def subgroup_quant_noise(weight: Tensor, num_subgroups: int, bits: int, scheme: str) -> Tensor:
+    """``||Q_b(W_g) - W_g||^2`` of each row-block subgroup ``g`` (float64 ``[G]``; the scheme's quantizer, LSQ at
+    its initial step; ``bits=0``, pruning: ``||W_g||^2``).
+
+    Example:
+        >>> subgroup_quant_noise(torch.tensor([[1.0, -1.0], [3.0, 4.0]]), 2, 0, "minmax").tolist()
+        [2.0, 25.0]
+    """
+    wg = to_subgroups(weight.detach(), num_subgroups)
+    b = torch.full((num_subgroups,), bits, dtype=torch.int64, device=wg.device)
+    step = None
+    if scheme == "lsq":
+        from amqs.quant.functions import init_lsq_step
+
+        step = init_lsq_step(wg, b)
+    return (quantize_subgroups(wg, b, scheme, step) - wg).double().pow(2).sum(1)
 
 
 def quant_noise(weight: Tensor, num_subgroups: int, bits: int, scheme: str) -> float:
@@ -119,14 +193,7 @@ def quant_noise(weight: Tensor, num_subgroups: int, bits: int, scheme: str) -> f
         >>> quant_noise(torch.tensor([[1.0, -1.0]]), 1, 8, "symmetric")
         0.0
     """
-    wg = to_subgroups(weight.detach(), num_subgroups)
-    b = torch.full((num_subgroups,), bits, dtype=torch.int64, device=wg.device)
-    step = None
-    if scheme == "lsq":
-        from amqs.quant.functions import init_lsq_step
-
-        step = init_lsq_step(wg, b)
-    return float((quantize_subgroups(wg, b, scheme, step) - wg).double().pow(2).sum())
+    return float(subgroup_quant_noise(weight, num_subgroups, bits, scheme).sum())
 
 
 def allocate_bits(sensitivity: Mapping[str, float], cost: Mapping[str, Mapping[int, int]],
@@ -190,20 +257,8 @@ def mixed_assignment(model: nn.Module, assignment: BitAssignment, batches: Seque
     for name in linears:
         units.setdefault(unit_of(name, cfg.granularity), []).append(name)
     weights = {n: model.get_submodule(n).weight for n in linears}
-
-    was_training, grad_flags = model.training, {n: w.requires_grad for n, w in weights.items()}
-    model.eval()  # no dropout: the loss is a deterministic function of the weights
-    try:
-        for w in weights.values():
-            w.requires_grad_(True)
-        if cfg.sensitivity == "hessian":
-            trace = hessian_trace(model, weights, batches, loss_fn, cfg.probes, cfg.seed)
-        else:
-            trace = fisher_trace(model, weights, batches, loss_fn)
-    finally:
-        model.train(was_training)
-        for n, w in weights.items():
-            w.requires_grad_(grad_flags[n])
+    trace = weight_traces(model, weights, batches, cfg.sensitivity, probes=cfg.probes, seed=cfg.seed,
+                          loss_fn=loss_fn)
     sens = {u: sum(trace[n] for n in ns) / sum(weights[n].numel() for n in ns) for u, ns in units.items()}
 
     scheme, mods = assignment.scheme, assignment.modules
