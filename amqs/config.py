@@ -245,7 +245,7 @@ class HawqConfig:
 
     # hessian: Hutchinson trace of the task-loss Hessian per subgroup (HAWQ-V2/V3); fisher: sum of squared
     # batch gradients per subgroup (one backward per batch: a cheaper proxy)
-    sensitivity: str = "hessian"
+    sensitivity: str = "fisher"
     batches: int = 8  # train-split batches of train.batch_size the sensitivity is averaged over
     probes: int = 4  # Hutchinson Rademacher vectors per batch (hessian only)
     seed: int = 0  # seeds the probes
@@ -281,6 +281,7 @@ class SearchHParams:
     hard_from: Optional[float] = None
     entropy_weight: float = 0.0
     size_on: str = "argmax"
+    prior: str = "none"  # none | hawq: init_bias on each subgroup's choice in the exact HAWQ allocation (search.hawq)
     # The architecture optimizer; defaults set in conf/search/*.yaml (AQ-BERT: SGD, lr 0.1).
     arch: ArchitectConfig = field(default_factory=ArchitectConfig)
     # search.method=hawq only: its sensitivity and solver settings (recipe=hawq)

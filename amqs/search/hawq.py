@@ -242,14 +242,27 @@ def hawq_search(cfg: DictConfig) -> BitAssignment:
         assignment = hawq_search(compose("search", ["recipe=hawq", "debug=smoke"]))
     """
     t0 = time.perf_counter()
-    h = cfg.search.hawq
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
     model, space = _supernet(cfg, teacher, device)
+    alloc, meta = hawq_allocation(cfg, teacher, model, space, splits["train"], tokenizer, device)
+    return hawq_assignment(model, space, alloc.choice, meta.pop("encoder_bits"), {
+        **meta, "search": OmegaConf.to_container(cfg.search, resolve=True),
+        "search_seconds": round(time.perf_counter() - t0, 1)})
+
+
+def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space: SearchSpace, train: Any,
+                    tokenizer: Any, device: torch.device) -> tuple[Allocation, dict[str, Any]]:
+    """The exact allocation of ``model``'s supernet units under ``cfg.budget`` from ``cfg.search.hawq``'s
+    sensitivity of ``teacher`` on the first batches of ``train``, and its meta (with ``encoder_bits``).
+
+    Used by :func:`hawq_search`, and by the supernet search as its prior (``search.prior=hawq``).
+    """
+    h = cfg.search.hawq
     target = resolve_budget(_budget(cfg), model, space.encoder_prefix)  # fails early on an infeasible budget
-    loader = make_loader(splits["train"], tokenizer, max_length=cfg.data.max_length,
+    loader = make_loader(train, tokenizer, max_length=cfg.data.max_length,
                          batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
     batches = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(loader, h.batches)]
     t_sens = time.perf_counter()
@@ -265,10 +278,9 @@ def hawq_search(cfg: DictConfig) -> BitAssignment:
             "sensitivity": {"measure": h.sensitivity, "batches": len(batches), "probes": h.probes, "seed": h.seed,
                             "seconds": round(t_sens, 1), **info},
             "omega": alloc.cost, "solver": {"name": alloc.solver, "status": alloc.status, "seconds": alloc.seconds,
-                                            "units": len(cost), "free_units": alloc.free_units}}
-    return hawq_assignment(model, space, alloc.choice, fixed + alloc.size_bits, {
-        **meta, "search": OmegaConf.to_container(cfg.search, resolve=True),
-        "search_seconds": round(time.perf_counter() - t0, 1)})
+                                            "units": len(cost), "free_units": alloc.free_units},
+            "encoder_bits": fixed + alloc.size_bits}
+    return alloc, meta
 
 
 def hawq_assignment(model: nn.Module, space: SearchSpace, choice: np.ndarray, encoder_bits: int,
@@ -292,4 +304,4 @@ def hawq_assignment(model: nn.Module, space: SearchSpace, choice: np.ndarray, en
                          act_bits=space.act_bits, meta=meta)
 
 
-__all__ = ["Allocation", "hawq_assignment", "hawq_search", "solve_allocation", "unit_costs"]
+__all__ = ["Allocation", "hawq_allocation", "hawq_assignment", "hawq_search", "solve_allocation", "unit_costs"]

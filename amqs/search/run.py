@@ -52,7 +52,7 @@ from amqs.search.derive import derived_assignment
 from amqs.search.diagnostics import decision_metrics
 from amqs.search.objective import Budget, SearchObjective, ce_loss, decision_stats, expected_size_bits, resolve_budget
 from amqs.search.space import SearchSpace, load_space
-from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
+from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_groups, arch_parameters, build_supernet,
                                   set_relaxation, supernet_modules)
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
@@ -115,6 +115,7 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     loaders = _loaders(cfg, splits, tokenizer, rank, world)
     s = _trainer(cfg, model, teacher, objective, len(loaders[0]), out / "checkpoint" / STATE_FILE, device)
     if not s.ckpt.exists():
+        _prior(cfg, model, teacher, space, splits, tokenizer, device)
         _start_weights(cfg, model, teacher, splits, tokenizer, device)
     _restore_or_start(s, cfg.train.seed, rank, world)
     if rank == 0:
@@ -143,6 +144,33 @@ def _supernet(cfg: DictConfig, teacher: nn.Module, device: torch.device) -> tupl
     build_supernet(model, space, init_std=s.init_std, init_bias=s.init_bias)  # on the CPU: the same logits anywhere
     set_relaxation(model, mode=s.relaxation)
     return model.to(device), space
+
+
+PRIORS = ("none", "hawq")
+
+
+def _prior(cfg: DictConfig, model: nn.Module, teacher: nn.Module, space: SearchSpace, splits: dict, tokenizer: Any,
+           device: torch.device) -> None:
+    """``search.prior=hawq``: the initial bias (``search.init_bias``) goes to each unit's choice in the exact HAWQ
+    allocation of the budget (amqs.search.hawq: sensitivity x quantization noise) instead of its most precise
+    choice, so the search starts from a budget-feasible, sensitivity-ranked architecture and the task loss refines
+    it. Computed on the teacher from the first batches of the whole train split: the same on every rank."""
+    if cfg.search.prior not in PRIORS:
+        raise UserError(f"search.prior={cfg.search.prior!r}: use one of {', '.join(PRIORS)}")
+    if cfg.search.prior == "none":
+        return
+    from amqs.search.hawq import hawq_allocation
+
+    alloc, meta = hawq_allocation(cfg, teacher, model, space, splits["train"], tokenizer, device)
+    start, bias = 0, cfg.search.init_bias
+    with torch.no_grad():
+        for p, _ in arch_groups(model):
+            rows = torch.as_tensor(alloc.choice[start:start + p.shape[0]], device=p.device)
+            start += p.shape[0]
+            p[:, -1] -= bias
+            p[torch.arange(p.shape[0], device=p.device), rows] += bias
+    log.info("search prior: the HAWQ allocation (%d encoder bytes, %s sensitivity)", math.ceil(meta["encoder_bits"] / 8),
+             meta["sensitivity"]["measure"])
 
 
 def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits: dict, tokenizer: Any,

@@ -63,7 +63,7 @@ _TRAIN_NOT_HASHED = ("checkpoint_every", "log_every", "num_threads", "progress",
 
 # amqs.config.HawqConfig's defaults, written out (this module does not import the schemas, nor torch through
 # them); tests/search/test_hawq.py checks that the two agree.
-_HAWQ_DEFAULTS = {"sensitivity": "hessian", "batches": 8, "probes": 4, "seed": 0, "time_limit": 60.0}
+_HAWQ_DEFAULTS = {"sensitivity": "fisher", "batches": 8, "probes": 4, "seed": 0, "time_limit": 60.0}
 
 
 # Keys added after runs were recorded, with the value that means "not used": hashed only when set, so a
@@ -73,7 +73,7 @@ _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, (
                     ("search", "arch", "every"): 1, ("search", "method"): "darts",
                     ("search", "hawq"): _HAWQ_DEFAULTS,
                     ("search", "t_final"): None, ("search", "hard_from"): None, ("search", "entropy_weight"): 0.0,
-                    ("search", "size_on"): "argmax", ("train", "init"): "rtn"}
+                    ("search", "size_on"): "argmax", ("search", "prior"): "none", ("train", "init"): "rtn"}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed

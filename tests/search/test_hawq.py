@@ -14,16 +14,18 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+import amqs.search.run as search_run
 from amqs.config import HawqConfig
 from amqs.finetune import run as finetune
 from amqs.quant import BitAssignment, apply_assignment, model_size
 from amqs.search.app import run as search_app
-from amqs.search.hawq import hawq_assignment, solve_allocation, unit_costs
+from amqs.search.derive import derived_assignment
+from amqs.search.hawq import hawq_assignment, hawq_search, solve_allocation, unit_costs
 from amqs.search.objective import Budget, resolve_budget, size_base
 from amqs.search.space import load_space
 from amqs.search.supernet import build_supernet, supernet_modules
 from amqs.train.sensitivity import fisher_trace, hessian_trace, row_blocks, subgroup_quant_noise
-from amqs.utils.cli import one_line
+from amqs.utils.cli import UserError, one_line
 from amqs.utils.run import _HAWQ_DEFAULTS, config_hash
 from tests.conftest import compose_cfg
 from tests.tiny import batch, tiny_bert
@@ -162,9 +164,29 @@ def test_recipe_hawq_end_to_end(tmp_path: Path, glue_dir: Path) -> None:
     out = tmp_path / "runs" / cfg.name
     bits = BitAssignment.from_json(out / "bits.json")
     assert bits.meta["method"] == "hawq" and bits.meta["repair_steps"] == 0 and bits.meta["solver"]["status"]
-    assert bits.meta["sensitivity"]["measure"] == "hessian" and bits.meta["sensitivity"]["batches"] == 2
+    assert bits.meta["sensitivity"]["measure"] == "fisher" and bits.meta["sensitivity"]["batches"] == 2
     assert bits.meta["encoder_bytes"] <= bits.meta["target_bytes"] + 1
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["encoder_bytes"] == metrics["derived_encoder_bytes"] == bits.meta["encoder_bytes"]
     assert metrics["search_seconds"] == bits.meta["search_seconds"] > 0 and not (out / "search_log.jsonl").exists()
     assert search_app(cfg) == metrics  # a finished run is reused
+
+
+def test_the_hawq_prior_biases_the_search_toward_the_exact_allocation(tmp_path: Path, glue_dir: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}"]
+    finetune(compose_cfg("finetune", overrides))
+    hawq = hawq_search(compose_cfg("search", overrides + ["recipe=hawq", "search.hawq.batches=2"]))
+    cfg = compose_cfg("search", overrides + ["search.prior=hawq", "search.hawq.batches=2", "search.init_bias=3"])
+    seen = {}
+    monkeypatch.setattr(search_run, "_restore_or_start", lambda s, *a: seen.update(
+        bits=derived_assignment(s.model, load_space(cfg.search.space)).modules))
+    monkeypatch.setattr(search_run, "_step_loop", lambda *a: None)
+    monkeypatch.setattr(search_run, "_derive", lambda *a: None)
+    out = tmp_path / "prior"
+    out.mkdir()
+    search_run.search(cfg, out)
+    # before any search step, the argmax of the logits is the HAWQ allocation
+    assert {n: m.bits for n, m in seen["bits"].items()} == {n: m.bits for n, m in hawq.modules.items()}
+    with pytest.raises(UserError, match="search.prior"):
+        search_run.search(compose_cfg("search", overrides + ["search.prior=fisher"]), out)
