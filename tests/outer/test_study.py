@@ -30,9 +30,13 @@ def overrides(tmp_path: Path, glue_dir: Path) -> list[str]:
     """outer=optuna debug=smoke under tmp_path, with its tiny teacher fine-tuned once."""
     base = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}", "train.num_threads=1"]
     finetune(compose_cfg("finetune", base))
-    # The architecture moves at every one of a smoke search's 8 steps (conf: every 4th), so its argmax meets the
-    # budget and the trials report intermediate values (the pruner and the kill test wait for them).
-    return base + ["outer=optuna", "outer.heartbeat_interval=1", "outer.grace_period=3", "search.arch.every=1"]
+    # The architecture moves at every one of a smoke search's 8 steps (conf: every 4th) with AQ-BERT's schedule and
+    # size loss, which walk the argmax itself into the budget within them (the conf's commitment settings bring the
+    # argmax there only late in a search), so the trials report intermediate values (the pruner and the kill test
+    # wait for them).
+    return base + ["outer=optuna", "outer.heartbeat_interval=1", "outer.grace_period=3", "search.arch.every=1",
+                   "search.size_on=argmax", "search.arch.lr=0.05", "search.t_final=null", "search.hard_from=null",
+                   "search.entropy_weight=0"]
 
 
 def _load(tmp_path: Path) -> optuna.Study:
