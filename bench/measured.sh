@@ -7,4 +7,4 @@ QAT_NAME='name=${data.task}-${quant.name}'
 SEARCH_NAME='name=${data.task}-${search.space}-${budget.kind}${budget.value}'
 # ... and their searches moved the architecture at every step (conf/search now says search.arch.every=4).
 # ... and searched with AQ-BERT's schedule and size loss (conf/search now commits: docs/search.md).
-SEARCH_MEASURED="search.arch.every=1 search.arch.lr=0.05 search.t_final=null search.hard_from=null search.entropy_weight=0 search.size_on=argmax"
+SEARCH_MEASURED="search.arch.every=1 search.arch.lr=0.05 search.t_final=null search.hard_from=null search.entropy_weight=0 search.size_on=argmax search.prior=none"
