@@ -3,8 +3,8 @@
     python bench/commit.py --name c13-hard search.t_final=0.05 search.hard_from=0.6 search.size_on=expected
     python bench/commit.py --name c13-hawq --bits results/runs/cmp-sst2-c13-hawq-s42/bits.json   # another's start
 
-Composes ``amqs-search`` with the comparison's settings (SST-2, 16,000 train examples, search 0.5 epoch, bf16,
-the lkd start, 1 thread, the 13x budget unless overridden) plus the given overrides; runs the supernet search
+Composes ``amqs-search`` with the comparison's settings (SST-2, the held-out teacher (teacher=auto), 16,000 train
+examples, search 0.5 epoch, bf16, the lkd start, 1 thread, the 13x budget unless overridden) plus the given overrides; runs the supernet search
 only (no retrain) in ``<--out>/<name>/``; then fits the derived assignment's student to the teacher (the lkd
 start every retrain begins with) and measures it on the search-validation split -- never on dev, so settings
 are chosen on search-val alone. One row per setting goes to ``<--out>/commit.csv`` (key: name): the search's
@@ -34,7 +34,7 @@ from amqs.train.precision import pin_precision
 from amqs.train.qat import lkd_start, load_teacher, pin_teacher, quantize_student
 from amqs.utils.run import config_hash, save_config, upsert_csv, write_json
 
-BASE = ["teacher=shared_sst2", "data.max_train_examples=16000", "search.epochs=0.5", "train.precision=bf16",
+BASE = ["teacher=auto", "data.max_train_examples=16000", "search.epochs=0.5", "train.precision=bf16",
         "train.init=lkd", "train.num_threads=1", "train.progress=false", "budget=c13"]
 COLUMNS = ("name", "budget_compression", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided",
            "argmax_over_target", "encoder_over_target", "search_val_accuracy_start", "search_seconds", "overrides", "config_hash")
