@@ -45,7 +45,8 @@ def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
     row = {**table_row(m, SEARCH_COLUMNS), "run": relative_run(run_dir(cfg), cfg.paths.results_dir),
            "model": cfg.model.name, "lam": cfg.search.lam, "seed": cfg.train.seed,
            "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
-           "epochs": f"search {m['search_epochs']} + retrain {m['retrain_epochs']}",
+           "epochs": (f"search {m['search_epochs']}" if m.get("method", "darts") == "darts" else m["method"])
+           + f" + retrain {m['retrain_epochs']}",
            "teacher": m.get("teacher", cfg.teacher.source), "distill": distill_label(cfg.distill)}
     upsert_csv(Path(cfg.paths.results_dir) / "search.csv", row, key=("run",), columns=SEARCH_COLUMNS)
     return m

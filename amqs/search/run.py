@@ -395,7 +395,8 @@ def run_search(cfg: DictConfig, command: str = "", on_progress: Optional[Progres
         return {}  # the retrain (a plain QAT run) is single-process: rank 0 does it
     save_config(cfg, out / "config.yaml")
     # The retrain is a plain QAT run of the fixed assignment, in its own folder.
-    retrain = retrain_assignment(cfg, assignment, "retrain", f"search-{cfg.search.space}", command=command)
+    method = "search" if cfg.search.method == "darts" else cfg.search.method  # the retrain's method name
+    retrain = retrain_assignment(cfg, assignment, "retrain", f"{method}-{cfg.search.space}", command=command)
     metrics = {**_search_metrics(cfg, assignment, retrain), "config_hash": fp, "git_revision": git_revision(),
                "command": command}
     write_json(out / "metrics.json", metrics)
@@ -418,6 +419,7 @@ def _search_metrics(cfg: DictConfig, assignment: BitAssignment, retrain: dict[st
         **decision_metrics(meta),
         "search_seconds": meta.get("search_seconds"), "retrain_seconds": retrain["seconds"],
         "seconds": round((meta.get("search_seconds") or 0) + retrain["seconds"], 1),
-        "search_epochs": cfg.search.epochs, "retrain_epochs": cfg.train.epochs, "reinit": cfg.reinit,
+        "method": cfg.search.method, "search_epochs": cfg.search.epochs if cfg.search.method == "darts" else 0,
+        "retrain_epochs": cfg.train.epochs, "reinit": cfg.reinit,
         **{k: retrain.get(k) for k in ("provenance", "data_fingerprint")},  # the same process and data
     }
