@@ -15,6 +15,7 @@
 #   bash bench/compare.sh render                      # compare.md and compare.png from compare.csv
 # AMQS_COMPARE_RESULTS=<folder> runs the jobs elsewhere (e.g. a worktree's results/); `add` its run folders later.
 set -euo pipefail
+shopt -s inherit_errexit  # a failed training inside $(job ...) stops the script instead of recording a stale run
 source "$(dirname "$0")/measured.sh"
 RESULTS=${AMQS_COMPARE_RESULTS:-results}
 SEEDS=${AMQS_COMPARE_SEEDS:-"42 43"}
@@ -46,17 +47,17 @@ job() {
   qat_d=${search_d% search.epochs=*}  # amqs-qat has no search settings
   local tag="cmp-$task-c$b" common="budget=$(budget "$b") train.seed=$seed"
   case $m in
-    search) amqs-search $search_d $common $TRAIN "name=$tag-search-s$seed" >&2; echo "$RESULTS/runs/$tag-search-s$seed" ;;
-    search-ternary) amqs-search search.space=ternary $search_d $common $TRAIN "name=$tag-search-ternary-s$seed" >&2
+    search) amqs-search $search_d $common $TRAIN "name=$tag-search-s$seed" >&2 && echo "$RESULTS/runs/$tag-search-s$seed" ;;
+    search-ternary) amqs-search search.space=ternary $search_d $common $TRAIN "name=$tag-search-ternary-s$seed" >&2 &&
                     echo "$RESULTS/runs/$tag-search-ternary-s$seed" ;;
-    hawq) amqs-search recipe=hawq $search_d $common $TRAIN "name=$tag-hawq-s$seed" >&2; echo "$RESULTS/runs/$tag-hawq-s$seed" ;;
+    hawq) amqs-search recipe=hawq $search_d $common $TRAIN "name=$tag-hawq-s$seed" >&2 && echo "$RESULTS/runs/$tag-hawq-s$seed" ;;
     random) local run="$RESULTS/runs/$tag-search-s$seed"
             [ -f "$run/metrics.json" ] || job "$task" "$b" search "$seed" > /dev/null
-            python -m amqs.search.control "$run" --seeds "$seed" --results "$RESULTS" >&2
+            python -m amqs.search.control "$run" --seeds "$seed" --results "$RESULTS" >&2 &&
             echo "$RESULTS/runs/$tag-search-s$seed/control-shuffled$seed" ;;
-    w4a8|w2a8) amqs-qat quant=$m $qat_d train.seed=$seed $TRAIN "name=cmp-$task-$m-s$seed" >&2; echo "$RESULTS/runs/cmp-$task-$m-s$seed" ;;
-    qbert) amqs-qat recipe=qbert $qat_d $common $TRAIN "name=$tag-qbert-s$seed" >&2; echo "$RESULTS/runs/$tag-qbert-s$seed" ;;
-    ternarybert|binarybert) amqs-qat recipe=$m $qat_d train.seed=$seed $TRAIN "name=cmp-$task-$m-s$seed" >&2
+    w4a8|w2a8) amqs-qat quant=$m $qat_d train.seed=$seed $TRAIN "name=cmp-$task-$m-s$seed" >&2 && echo "$RESULTS/runs/cmp-$task-$m-s$seed" ;;
+    qbert) amqs-qat recipe=qbert $qat_d $common $TRAIN "name=$tag-qbert-s$seed" >&2 && echo "$RESULTS/runs/$tag-qbert-s$seed" ;;
+    ternarybert|binarybert) amqs-qat recipe=$m $qat_d train.seed=$seed $TRAIN "name=cmp-$task-$m-s$seed" >&2 &&
                             echo "$RESULTS/runs/cmp-$task-$m-s$seed" ;;
     *) echo "unknown method $m" >&2; return 2 ;;
   esac
@@ -64,7 +65,7 @@ job() {
 
 case ${1:-} in
   list) grid ;;
-  run) shift; run=$(job "$@" | tail -n 1)
+  run) shift; run=$(job "$@")
        python -m amqs.report.compare add "$run" --method "$3" --budget "$2" --seed "$4" --results "$RESULTS" ;;
   render) python -m amqs.report.compare render --results "$RESULTS" ;;
   *) sed -n 2,16p "$0"; exit 2 ;;

@@ -30,7 +30,7 @@ from amqs.utils.run import (check_results_dir, check_writable, command_line, rel
 SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
                   "encoder_bytes", "compression", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",
                   "train_examples", "epochs", "seconds", "threads", "cpu", "entropy_fraction", "expected_over_budget",
-                  "repair_fraction", "undecided", "config_hash", "command")
+                  "repair_fraction", "undecided", "moved_fraction", "config_hash", "command")
 
 
 def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:

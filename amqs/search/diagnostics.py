@@ -25,6 +25,9 @@ from typing import Any, Mapping
 MAX_ENTROPY_FRACTION = 0.3
 MAX_REPAIR_FRACTION = 0.01
 FIELDS = ("entropy_fraction", "expected_over_budget", "repair_fraction", "undecided")
+# Not part of the rule, reported beside it: the share of units whose argmax the search moved from its start
+# (its prior's allocation, or the most precise choice); near 0, the search returned its start.
+MOVED = "moved_fraction"
 
 
 def is_undecided(entropy_fraction: float | None, repair_fraction: float | None) -> bool:
@@ -42,6 +45,8 @@ def decision_metrics(meta: Mapping[str, Any]) -> dict[str, Any]:
     """
     out = {k: meta.get(k) for k in FIELDS[:3]}
     out["undecided"] = is_undecided(out["entropy_fraction"], out["repair_fraction"])
+    if MOVED in meta:
+        out[MOVED] = meta[MOVED]
     return out
 
 
@@ -70,5 +75,5 @@ def run_decision(run: str | Path) -> dict[str, Any]:
     return decision_metrics(meta)
 
 
-__all__ = ["FIELDS", "MAX_ENTROPY_FRACTION", "MAX_REPAIR_FRACTION", "decision_metrics", "is_undecided",
+__all__ = ["FIELDS", "MOVED", "MAX_ENTROPY_FRACTION", "MAX_REPAIR_FRACTION", "decision_metrics", "is_undecided",
            "run_decision"]

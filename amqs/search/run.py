@@ -90,7 +90,8 @@ class _Search:
     ckpt: Path  # the checkpoint file (rank 0 writes it, every rank reads it)
     device: torch.device
     step: int = 0
-    seconds: float = 0.0  # search time so far (a resumed run's earlier part included)
+    seconds: float = 0.0  # search time so far, its prior and start included (a resumed run's earlier part too)
+    start_choice: list[torch.Tensor] | None = None  # each logits row's argmax before the first step
 
 
 def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None) -> BitAssignment:
@@ -112,11 +113,15 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
     model, space = _supernet(cfg, teacher, device)
     objective = _objective(cfg, model, space)  # fails early on an infeasible budget
+    _schedule(cfg)  # ... and on a bad schedule setting
     loaders = _loaders(cfg, splits, tokenizer, rank, world)
     s = _trainer(cfg, model, teacher, objective, len(loaders[0]), out / "checkpoint" / STATE_FILE, device)
     if not s.ckpt.exists():
+        t0 = time.perf_counter()
         _prior(cfg, model, teacher, space, splits, tokenizer, device)
         _start_weights(cfg, model, teacher, splits, tokenizer, device)
+        s.seconds = time.perf_counter() - t0  # (the prior and the start count as search time, as hawq's do)
+        s.start_choice = [p.detach().argmax(-1).cpu() for p in arch_parameters(model)]
     _restore_or_start(s, cfg.train.seed, rank, world)
     if rank == 0:
         truncate_log(out / LOG_FILE, s.step)  # a killed run's rows after its checkpoint are redone
@@ -198,7 +203,10 @@ def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchO
 
 
 def _schedule(cfg: DictConfig) -> TemperatureSchedule:
+    """The temperature schedule (the progress-dependent settings are checked here too, before any step)."""
     c = cfg.search
+    if c.hard_from is not None and not 0 <= c.hard_from <= 1:
+        raise UserError(f"search.hard_from={c.hard_from}: a fraction of the search in [0, 1], or null (never)")
     return TemperatureSchedule(t0=c.t0, eta=c.eta, n0=c.n0, t_min=c.t_min, t_final=c.t_final,
                                epochs=c.epochs if c.t_final is not None else None)
 
@@ -262,6 +270,7 @@ def _restore_or_start(s: _Search, seed: int, rank: int, world: int) -> None:
     s.gumbel.set_state(st["gumbel_rng"])
     set_rng_state(rngs[rank], s.device)
     s.step, s.seconds = st["step"], st["seconds"]
+    s.start_choice = st.get("start_choice")  # (absent in checkpoints that predate it)
     log.info("resumed the search from %s at step %d/%d", s.ckpt, s.step, s.total)
 
 
@@ -275,7 +284,7 @@ def _save_checkpoint(s: _Search) -> None:
     tmp = s.ckpt.with_suffix(".tmp")
     torch.save({"model": s.model.state_dict(), "wopt": s.wopt.state_dict(), "sched": s.sched.state_dict(),
                 "architect": s.architect.state_dict(), "gumbel_rng": s.gumbel.get_state(), "rng": rngs,
-                "step": s.step, "seconds": s.seconds}, tmp)
+                "step": s.step, "seconds": s.seconds, "start_choice": s.start_choice}, tmp)
     os.replace(tmp, s.ckpt)  # a kill during the write leaves the previous checkpoint
 
 
@@ -336,9 +345,20 @@ def _derive(cfg: DictConfig, s: _Search, space: SearchSpace, world: int) -> BitA
     committed = expected_size_bits(s.model, space.encoder_prefix, noise_free=True).item() / 8
     meta = {**assignment.meta, "search_seconds": round(s.seconds, 1), "search_steps": s.total,
             "final_arch_entropy": arch_entropy(s.model), "world_size": world,
-            **decision_stats(s.model, committed, s.objective.target_bytes)}
+            **decision_stats(s.model, committed, s.objective.target_bytes),
+            "moved_fraction": _moved_fraction(s)}
     return BitAssignment(modules=assignment.modules, scheme=assignment.scheme, act_bits=assignment.act_bits,
                          meta=meta)
+
+
+def _moved_fraction(s: _Search) -> float | None:
+    """Share of decision units whose argmax the search moved from where it started (the prior's, or the most
+    precise choice): 0 means the search returned its start. None for a run resumed from an older checkpoint."""
+    if s.start_choice is None:
+        return None
+    now = [p.detach().argmax(-1).cpu() for p in arch_parameters(s.model)]
+    moved = sum(int((a != b).sum()) for a, b in zip(now, s.start_choice))
+    return round(moved / sum(len(a) for a in now), 6)
 
 
 def retrain_assignment(cfg: DictConfig, assignment: BitAssignment, folder: str, method: str,

@@ -76,6 +76,8 @@ class TemperatureSchedule:
 
     def __call__(self, epoch: float) -> float:
         if self.t_final is not None:
+            if not self.t_final > 0:
+                raise ValueError(f"search.t_final must be > 0, got {self.t_final}")
             if not self.epochs or self.epochs <= self.n0:
                 raise ValueError(f"a t_final schedule needs the search's length in epochs > n0, got {self.epochs}")
             progress = min(1.0, max(0.0, epoch - self.n0) / (self.epochs - self.n0))

@@ -17,6 +17,7 @@ import amqs.train.qat as qat
 from amqs.finetune import run as finetune
 from amqs.quant import BitAssignment
 from amqs.search.app import run as search_app
+from amqs.utils.cli import UserError
 from tests.conftest import compose_cfg
 
 
@@ -43,6 +44,7 @@ def test_search_derive_retrain_end_to_end(search_cfg: DictConfig, tmp_path: Path
     for key in ("entropy_fraction", "expected_over_budget", "repair_fraction"):  # the search's decision
         assert metrics[key] == bits.meta[key] and metrics[key] is not None
     assert metrics["undecided"] == (metrics["entropy_fraction"] > 0.3 or metrics["repair_fraction"] > 0.01)
+    assert metrics["moved_fraction"] == bits.meta["moved_fraction"] and 0 <= metrics["moved_fraction"] <= 1
     assert (out / "retrain" / "metrics.json").exists() and not (out / "checkpoint").exists()
     rows = list(csv.DictReader((tmp_path / "search.csv").open()))
     assert rows[0]["space"] == "default" and rows[0]["distill"] == "logits" and float(rows[0]["budget_compression"]) == pytest.approx(13.0)
@@ -61,6 +63,10 @@ def test_commitment_settings_anneal_over_the_search(search_cfg: DictConfig, tmp_
     assert log[-1]["tau"] == pytest.approx(0.05 ** ((steps - 1) / steps))  # geometric 1 -> 0.05 over the search
     hard = [row["hard"] for row in log]
     assert hard[0] == 0.0 and hard[-1] == 1.0 and hard == sorted(hard)  # hard samples from half-way on
+    bad = cfg.copy()
+    bad.search.hard_from = 1.5
+    with pytest.raises(UserError, match="hard_from"):
+        search_run.search(bad, tmp_path / "runs" / "bad")
 
 
 class _Killed(Exception):
