@@ -37,7 +37,8 @@ from amqs.utils.run import config_hash, save_config, upsert_csv, write_json
 BASE = ["teacher=auto", "data.max_train_examples=16000", "search.epochs=0.5", "train.precision=bf16",
         "train.init=lkd", "train.num_threads=1", "train.progress=false", "budget=c13"]
 COLUMNS = ("name", "budget_compression", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided",
-           "argmax_over_target", "encoder_over_target", "search_val_accuracy_start", "search_seconds", "overrides", "config_hash")
+           "argmax_over_target", "encoder_over_target", "search_val_accuracy_start", "search_seconds", "moved_fraction",
+           "config_hash", "teacher", "command")
 
 
 def start_accuracy(cfg, assignment: BitAssignment) -> float:
@@ -86,9 +87,10 @@ def main() -> None:
            "argmax_over_target": round(meta["argmax_encoder_bytes"] / meta["target_bytes"], 4),
            "encoder_over_target": round(meta["encoder_bytes"] / meta["target_bytes"], 4),
            "search_val_accuracy_start": round(start["search_val_accuracy"], 4),
-           "search_seconds": meta.get("search_seconds"),
-           "overrides": " ".join(args.overrides) + (f" --bits {args.bits}" if args.bits else ""),
-           "config_hash": config_hash(cfg)}
+           "search_seconds": meta.get("search_seconds"), "moved_fraction": meta.get("moved_fraction"),
+           "config_hash": config_hash(cfg), "teacher": cfg.teacher.source,
+           "command": " ".join(["python bench/commit.py", "--name", args.name, *args.overrides]
+                               + (["--bits", str(args.bits)] if args.bits else []))}
     upsert_csv(args.out / "commit.csv", row, key=("name",), columns=COLUMNS)
     print(json.dumps(row), file=sys.stdout)
 

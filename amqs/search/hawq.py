@@ -283,6 +283,21 @@ def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space
     return alloc, meta
 
 
+def choice_rows(model: nn.Module, choice: np.ndarray) -> list[tuple[nn.Parameter, list[str], torch.Tensor]]:
+    """``choice`` (one index per decision unit, :func:`arch_groups` order) cut into each logits tensor's rows:
+    ``(logits, tied module names, choice indices of its rows)``.
+
+    Example:
+        >>> [rows.tolist() for _, _, rows in choice_rows(supernet, alloc.choice)][0][:3]  # doctest: +SKIP
+        [2, 0, 2]
+    """
+    out, start = [], 0
+    for p, names in arch_groups(model):
+        out.append((p, names, torch.as_tensor(choice[start:start + p.shape[0]])))
+        start += p.shape[0]
+    return out
+
+
 def hawq_assignment(model: nn.Module, space: SearchSpace, choice: np.ndarray, encoder_bits: int,
                     meta: dict[str, Any]) -> BitAssignment:
     """The :class:`BitAssignment` of choice indices per decision unit (:func:`arch_groups` order), its meta with
@@ -291,10 +306,8 @@ def hawq_assignment(model: nn.Module, space: SearchSpace, choice: np.ndarray, en
     Example:
         >>> a = hawq_assignment(supernet, space, alloc.choice, bits, {"method": "hawq"})  # doctest: +SKIP
     """
-    modules, bits_of, start = supernet_modules(model), {}, 0
-    for p, names in arch_groups(model):
-        rows = torch.as_tensor(choice[start:start + p.shape[0]])
-        start += p.shape[0]
+    modules, bits_of = supernet_modules(model), {}
+    for p, names, rows in choice_rows(model, choice):
         for n in names:
             bits_of[n] = tuple(int(b) for b in modules[n].choices.cpu()[rows].tolist())
     nbytes = math.ceil(encoder_bits / 8)
@@ -304,4 +317,4 @@ def hawq_assignment(model: nn.Module, space: SearchSpace, choice: np.ndarray, en
                          act_bits=space.act_bits, meta=meta)
 
 
-__all__ = ["Allocation", "hawq_allocation", "hawq_assignment", "hawq_search", "solve_allocation", "unit_costs"]
+__all__ = ["Allocation", "choice_rows", "hawq_allocation", "hawq_assignment", "hawq_search", "solve_allocation", "unit_costs"]

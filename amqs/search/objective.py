@@ -34,9 +34,10 @@ from torch import Tensor, nn
 from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
 from amqs.quant.size import ENCODER_PREFIX, model_size, qparam_bits
 from amqs.search.supernet import arch_entropy, arch_entropy_term, entropy_fraction, supernet_modules
-
-SIZE_ON = ("argmax", "expected")
 from amqs.train.losses import LossFn, ce_loss
+
+
+SIZE_ON = ("argmax", "expected")  # the size loss's subject (SearchObjective.size_on)
 
 
 @dataclass(frozen=True)

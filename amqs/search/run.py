@@ -52,7 +52,7 @@ from amqs.search.derive import derived_assignment
 from amqs.search.diagnostics import decision_metrics
 from amqs.search.objective import Budget, SearchObjective, ce_loss, decision_stats, expected_size_bits, resolve_budget
 from amqs.search.space import SearchSpace, load_space
-from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_groups, arch_parameters, build_supernet,
+from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
                                   set_relaxation, supernet_modules)
 from amqs.train.distill import DistillLoss
 from amqs.train.loop import NonFiniteLossError, batches, rng_state, seed_everything, set_rng_state, truncate_log
@@ -164,16 +164,14 @@ def _prior(cfg: DictConfig, model: nn.Module, teacher: nn.Module, space: SearchS
         raise UserError(f"search.prior={cfg.search.prior!r}: use one of {', '.join(PRIORS)}")
     if cfg.search.prior == "none":
         return
-    from amqs.search.hawq import hawq_allocation
+    from amqs.search.hawq import choice_rows, hawq_allocation
 
     alloc, meta = hawq_allocation(cfg, teacher, model, space, splits["train"], tokenizer, device)
-    start, bias = 0, cfg.search.init_bias
+    bias = cfg.search.init_bias
     with torch.no_grad():
-        for p, _ in arch_groups(model):
-            rows = torch.as_tensor(alloc.choice[start:start + p.shape[0]], device=p.device)
-            start += p.shape[0]
+        for p, _, rows in choice_rows(model, alloc.choice):
             p[:, -1] -= bias
-            p[torch.arange(p.shape[0], device=p.device), rows] += bias
+            p[torch.arange(p.shape[0], device=p.device), rows.to(p.device)] += bias
     log.info("search prior: the HAWQ allocation (%d encoder bytes, %s sensitivity)", math.ceil(meta["encoder_bits"] / 8),
              meta["sensitivity"]["measure"])
 

@@ -425,10 +425,9 @@ def arch_entropy(model: nn.Module) -> float:
         >>> round(arch_entropy(m), 4) == round(math.log(2), 4)
         True
     """
-    rows = [torch.distributions.Categorical(logits=p.detach().float()).entropy() for p in arch_parameters(model)]
-    if not rows:
+    if not arch_parameters(model):
         raise ValueError(f"{type(model).__name__} has no SupernetLinear modules; call build_supernet first")
-    return torch.cat(rows).mean().item()
+    return arch_entropy_term(model).item()
 
 
 @torch.no_grad()
@@ -453,7 +452,7 @@ def arch_entropy_term(model: nn.Module) -> Tensor:
         >>> m = nn.Sequential(SupernetLinear.from_linear(nn.Linear(2, 2), (0, 8), 1))
         >>> arch_entropy_term(m).backward()
     """
-    rows = [torch.distributions.Categorical(logits=p).entropy() for p in arch_parameters(model)]
+    rows = [torch.distributions.Categorical(logits=p.float()).entropy() for p in arch_parameters(model)]
     return torch.cat(rows).mean()
 
 
