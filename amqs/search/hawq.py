@@ -43,7 +43,7 @@ from amqs.data import get_task, load_glue, make_loader
 from amqs.quant import BitAssignment
 from amqs.search.derive import assignment_entries
 from amqs.search.objective import resolve_budget, size_base
-from amqs.search.run import _budget, _supernet
+from amqs.search.run import search_budget, search_supernet
 from amqs.search.space import SearchSpace
 from amqs.search.supernet import arch_groups, supernet_modules
 from amqs.train.loop import seed_everything
@@ -246,7 +246,7 @@ def hawq_search(cfg: DictConfig) -> BitAssignment:
     seed_everything(cfg.train.seed)
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
-    model, space = _supernet(cfg, teacher, device)
+    model, space = search_supernet(cfg, teacher, device)
     alloc, meta = hawq_allocation(cfg, teacher, model, space, splits["train"], tokenizer, device)
     return hawq_assignment(model, space, alloc.choice, meta.pop("encoder_bits"), {
         **meta, "search": OmegaConf.to_container(cfg.search, resolve=True),
@@ -261,7 +261,7 @@ def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space
     Used by :func:`hawq_search`, and by the supernet search as its prior (``search.prior=hawq``).
     """
     h = cfg.search.hawq
-    target = resolve_budget(_budget(cfg), model, space.encoder_prefix)  # fails early on an infeasible budget
+    target = resolve_budget(search_budget(cfg), model, space.encoder_prefix)  # fails early on an infeasible budget
     loader = make_loader(train, tokenizer, max_length=cfg.data.max_length,
                          batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
     batches = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(loader, h.batches)]
@@ -273,7 +273,7 @@ def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space
     log.info("hawq: %s sensitivity in %.0f s; %d units, %d left by the bound to %s: %s in %.2f s, Omega %.4g",
              h.sensitivity, t_sens, len(cost), alloc.free_units, alloc.solver, alloc.status, alloc.seconds,
              alloc.cost)
-    meta = {"method": "hawq", "space": space.name, "space_source": space.source, "budget": _budget(cfg).to_dict(),
+    meta = {"method": "hawq", "space": space.name, "space_source": space.source, "budget": search_budget(cfg).to_dict(),
             "target_bytes": target, "eps": cfg.search.eps,
             "sensitivity": {"measure": h.sensitivity, "batches": len(batches), "probes": h.probes, "seed": h.seed,
                             "seconds": round(t_sens, 1), **info},

@@ -111,7 +111,7 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     seed_everything(cfg.train.seed)  # the logits' initial noise: the same on every rank
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
-    model, space = _supernet(cfg, teacher, device)
+    model, space = search_supernet(cfg, teacher, device)
     objective = _objective(cfg, model, space)  # fails early on an infeasible budget
     _schedule(cfg)  # ... and on a bad schedule setting
     loaders = _loaders(cfg, splits, tokenizer, rank, world)
@@ -139,7 +139,7 @@ def check_method(method: str) -> str:
     return method
 
 
-def _supernet(cfg: DictConfig, teacher: nn.Module, device: torch.device) -> tuple[nn.Module, SearchSpace]:
+def search_supernet(cfg: DictConfig, teacher: nn.Module, device: torch.device) -> tuple[nn.Module, SearchSpace]:
     """A copy of the teacher turned into the supernet of ``cfg.search.space``, on ``device``."""
     s = cfg.search
     space = load_space(s.space)
@@ -195,7 +195,7 @@ def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits
 
 def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchObjective:
     """The architecture loss ``CE + lam * L_size`` for the budget (``ValueError`` when it is infeasible)."""
-    target = resolve_budget(_budget(cfg), model, space.encoder_prefix)
+    target = resolve_budget(search_budget(cfg), model, space.encoder_prefix)
     return SearchObjective(target_bytes=target, lam=cfg.search.lam, eps=cfg.search.eps, task_loss=ce_loss,
                            encoder_prefix=space.encoder_prefix, size_on=cfg.search.size_on,
                            entropy_weight=cfg.search.entropy_weight)
@@ -223,7 +223,8 @@ def _anneal(cfg: DictConfig, s: _Search) -> None:
     s.objective.entropy_scale = progress
 
 
-def _budget(cfg: DictConfig) -> Budget:
+def search_budget(cfg: DictConfig) -> Budget:
+    """The run's size budget (``cfg.budget``), as every search method reads it."""
     return Budget(cfg.budget.kind, float(cfg.budget.value))
 
 
@@ -338,7 +339,7 @@ def _derive(cfg: DictConfig, s: _Search, space: SearchSpace, world: int) -> BitA
     """The trained supernet's derived, repaired assignment (the same on every rank), with the search's meta."""
     average_buffers(s.model)
     search_config = OmegaConf.to_container(cfg.search, resolve=True)
-    assignment = derived_assignment(s.model, space, _budget(cfg), eps=cfg.search.eps, search_config=search_config)
+    assignment = derived_assignment(s.model, space, search_budget(cfg), eps=cfg.search.eps, search_config=search_config)
     if not same_on_all_ranks(int(fingerprint(assignment.to_dict()), 16) >> 1):
         raise RuntimeError("the ranks derived different assignments: their supernets diverged")
     committed = expected_size_bits(s.model, space.encoder_prefix, noise_free=True).item() / 8

@@ -204,7 +204,7 @@ def test_the_lkd_start_fits_the_supernet_weights_and_keeps_its_logits(search_cfg
     splits = load_glue(search_cfg.data)
     for init, moved in (("rtn", False), ("lkd", True)):
         cfg = compose_cfg("search", [*_overrides(search_cfg), f"train.init={init}", "train.reconstruct.batches=2"])
-        model, _ = search_run._supernet(cfg, teacher, torch.device("cpu"))
+        model, _ = search_run.search_supernet(cfg, teacher, torch.device("cpu"))
         logits = [p.detach().clone() for p in arch_parameters(model)]
         before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(".weight")}
         search_run._start_weights(cfg, model, teacher, splits, tokenizer, torch.device("cpu"))
