@@ -215,7 +215,6 @@ class SearchObjective:
         """Loggable numbers: expected/argmax/target encoder bytes, the size loss, mean entropy."""
         base = self._base(model)
         expected = expected_size_bits(model, self.encoder_prefix, base).item() / 8
-        committed = expected_size_bits(model, self.encoder_prefix, base, noise_free=True).item() / 8
         current = argmax_size_bits(model, self.encoder_prefix, base) / 8
         return {
             "expected_bytes": expected,
@@ -224,8 +223,14 @@ class SearchObjective:
             "size_loss": self.size_term(model).item(),
             "arch_entropy": arch_entropy(model),
             "in_budget": float(abs(current - self.target_bytes) <= self.eps * self.target_bytes),
-            **decision_stats(model, committed, self.target_bytes),
+            **self.decision(model),
         }
+
+    @torch.no_grad()
+    def decision(self, model: nn.Module) -> dict[str, float]:
+        """How decided the search is now (:func:`decision_stats` at this objective's target)."""
+        committed = expected_size_bits(model, self.encoder_prefix, self._base(model), noise_free=True).item() / 8
+        return decision_stats(model, committed, self.target_bytes)
 
 
 def decision_stats(model: nn.Module, committed_bytes: float, target_bytes: float) -> dict[str, float]:

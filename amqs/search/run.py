@@ -50,7 +50,7 @@ from amqs.quant import BitAssignment, pruned_fraction, weight_bits_of
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.derive import derived_assignment
 from amqs.search.diagnostics import decision_metrics
-from amqs.search.objective import Budget, SearchObjective, ce_loss, decision_stats, expected_size_bits, resolve_budget
+from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
 from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
                                   set_relaxation, supernet_modules)
@@ -342,10 +342,9 @@ def _derive(cfg: DictConfig, s: _Search, space: SearchSpace, world: int) -> BitA
     assignment = derived_assignment(s.model, space, search_budget(cfg), eps=cfg.search.eps, search_config=search_config)
     if not same_on_all_ranks(int(fingerprint(assignment.to_dict()), 16) >> 1):
         raise RuntimeError("the ranks derived different assignments: their supernets diverged")
-    committed = expected_size_bits(s.model, space.encoder_prefix, noise_free=True).item() / 8
     meta = {**assignment.meta, "search_seconds": round(s.seconds, 1), "search_steps": s.total,
             "final_arch_entropy": arch_entropy(s.model), "world_size": world,
-            **decision_stats(s.model, committed, s.objective.target_bytes),
+            **s.objective.decision(s.model),
             "moved_fraction": _moved_fraction(s)}
     return BitAssignment(modules=assignment.modules, scheme=assignment.scheme, act_bits=assignment.act_bits,
                          meta=meta)
