@@ -166,9 +166,12 @@ class TeacherConfig:
 
 @dataclass
 class BudgetConfig:
-    """An encoder size budget: of a search (amqs.search.objective) or of a Q-BERT allocation (``mixed``)."""
+    """A size budget of the encoder or of the whole model: of a search (amqs.search.objective) or of a Q-BERT
+    allocation (``mixed``, encoder kinds only)."""
 
-    kind: str = "compression"  # bytes | compression (fp32 encoder / value) | avg_bits (per searched weight)
+    # bytes | compression (fp32 encoder / value) | avg_bits (per searched weight) | total_bytes |
+    # total_compression (the whole model: embeddings, encoder, pooler, classifier)
+    kind: str = "compression"
     value: float = 13.0
 
 

@@ -1,4 +1,5 @@
-"""Size budgets of the encoder: a :class:`Budget` and the one rule that turns it into a target size.
+"""Size budgets of the encoder or of the whole model: a :class:`Budget` and the one rule that turns it into a
+target size.
 
 Both readers of a budget use :func:`budget_target_bits`: the search
 (:func:`amqs.search.objective.resolve_budget`, for a supernet) and the Q-BERT-style fixed
@@ -15,16 +16,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-BUDGET_KINDS = ("bytes", "compression", "avg_bits")
+BUDGET_KINDS = ("bytes", "compression", "avg_bits", "total_bytes", "total_compression")
+TOTAL_KINDS = ("total_bytes", "total_compression")  # budgets of the whole model (embeddings, pooler, head included)
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A size budget of the encoder.
+    """A size budget of the encoder, or of the whole model.
 
-    ``kind``: ``"bytes"`` (encoder bytes), ``"compression"`` (fp32 encoder bytes / value) or
+    ``kind``: ``"bytes"`` (encoder bytes), ``"compression"`` (fp32 encoder bytes / value),
     ``"avg_bits"`` (bits per searched weight: the size of the uniform ``value``-bit model with the
-    same subgroups, i.e. ``fixed + value * weights + qparams of every (multi-bit) subgroup``).
+    same subgroups, i.e. ``fixed + value * weights + qparams of every (multi-bit) subgroup``), or over the
+    whole model (every stored tensor, as ``model_size(...).total_bits`` counts): ``"total_bytes"``,
+    ``"total_compression"`` (fp32 model bytes / value).
 
     Example:
         >>> Budget("compression", 8.0).to_dict()
@@ -43,12 +47,26 @@ class Budget:
     def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
+    @property
+    def scope(self) -> str:
+        """``"total"`` for the whole-model kinds, else ``"encoder"``."""
+        return "total" if self.kind in TOTAL_KINDS else "encoder"
+
+    def prefix(self, encoder_prefix: str) -> str:
+        """The module-name prefix sizes are accounted under: ``encoder_prefix``, or ``""`` (every module).
+
+        Example:
+            >>> Budget("total_compression", 12).prefix("bert.encoder.")
+            ''
+        """
+        return "" if self.scope == "total" else encoder_prefix
+
 
 def budget_target_bits(budget: Budget, fixed_bits: int, fp32_bits: int, weights: int, qparams_8bit: int) -> float:
-    """Target encoder bits of ``budget`` (feasibility is the caller's to check).
+    """Target bits of ``budget`` in its scope (feasibility is the caller's to check).
 
-    ``fixed_bits``: stored encoder bits that are not the budgeted weights; ``fp32_bits``: the fp32
-    encoder; ``weights``: number of budgeted weights; ``qparams_8bit``: bits of the quantization
+    ``fixed_bits``: stored bits in the budget's scope (:meth:`Budget.prefix`) that are not the budgeted
+    weights; ``fp32_bits``: the fp32 model in that scope; ``weights``: number of budgeted weights; ``qparams_8bit``: bits of the quantization
     parameters of all their subgroups at 8 bits. ``avg_bits``: the size of the uniform
     ``value``-bit model with the same subgroups.
 
@@ -56,11 +74,11 @@ def budget_target_bits(budget: Budget, fixed_bits: int, fp32_bits: int, weights:
         >>> budget_target_bits(Budget("compression", 4.0), 0, 800, 20, 0)
         200.0
     """
-    if budget.kind == "bytes":
+    if budget.kind in ("bytes", "total_bytes"):
         return 8.0 * budget.value
-    if budget.kind == "compression":
+    if budget.kind in ("compression", "total_compression"):
         return fp32_bits / budget.value
     return fixed_bits + budget.value * weights + qparams_8bit
 
 
-__all__ = ["BUDGET_KINDS", "Budget", "budget_target_bits"]
+__all__ = ["BUDGET_KINDS", "TOTAL_KINDS", "Budget", "budget_target_bits"]

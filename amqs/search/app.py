@@ -28,7 +28,7 @@ from amqs.utils.run import (check_results_dir, check_writable, command_line, rel
                             upsert_csv)
 
 SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
-                  "encoder_bytes", "compression", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",
+                  "encoder_bytes", "compression", "total_bytes", "total_compression", "size_scope", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",
                   "train_examples", "epochs", "seconds", "threads", "cpu", "entropy_fraction", "expected_over_budget",
                   "repair_fraction", "undecided", "moved_fraction", "config_hash", "command")
 
@@ -44,7 +44,8 @@ def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:
         return m
     row = {**table_row(m, SEARCH_COLUMNS), "run": relative_run(run_dir(cfg), cfg.paths.results_dir),
            "model": cfg.model.name, "lam": cfg.search.lam, "seed": cfg.train.seed,
-           "budget_compression": m["fp32_encoder_bytes"] / m["target_bytes"],
+           # of the budget's scope: the encoder, or the whole model for total_* budgets
+           "budget_compression": m[f"fp32_{m.get('size_scope', 'encoder')}_bytes"] / m["target_bytes"],
            "epochs": (f"search {m['search_epochs']}" if m.get("method", "darts") == "darts" else m["method"])
            + f" + retrain {m['retrain_epochs']}",
            "teacher": m.get("teacher", cfg.teacher.source), "distill": distill_label(cfg.distill)}

@@ -32,7 +32,7 @@ from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.modules import QuantEmbedding
 from amqs.search.objective import Budget, resolve_budget, size_base
 from amqs.search.space import SearchSpace
-from amqs.search.supernet import SupernetLinear, arch_groups, supernet_modules
+from amqs.search.supernet import SupernetEmbedding, SupernetLinear, arch_groups, supernet_modules
 
 
 def repair_choices(
@@ -86,9 +86,10 @@ def derived_assignment(
 ) -> BitAssignment:
     """The derived (argmax, then repaired into the budget) assignment of a supernet.
 
-    Includes the searched Linears and the space's fixed embeddings. ``meta`` records the space,
+    Includes the searched Linears and embeddings and the space's fixed embeddings. ``meta`` records the space,
     the budget, ``target_bytes``, the measured ``encoder_bits``/``encoder_bytes`` (exactly what
-    ``model_size`` reports after ``apply_assignment``), the argmax size before repair, the number
+    ``model_size`` reports after ``apply_assignment``; for a whole-model budget, ``size_scope="total"``, they
+    measure the whole model: ``model_size(...).total_bits``), the argmax size before repair, the number
     of repair steps, ``repair_fraction`` (the share of decision units -- logits rows, tied modules counting once --
     whose choice the repair changed) and ``search_config``. ``budget=None`` (or ``repair=False``) skips the repair.
 
@@ -100,8 +101,8 @@ def derived_assignment(
     groups = arch_groups(model)
     modules = supernet_modules(model)
     if not groups:
-        raise ValueError(f"{type(model).__name__} has no SupernetLinear modules; call build_supernet first")
-    fixed = size_base(model, space.encoder_prefix).fixed_bits
+        raise ValueError(f"{type(model).__name__} has no searched modules; call build_supernet first")
+    fixed = size_base(model, budget.prefix(space.encoder_prefix) if budget else space.encoder_prefix).fixed_bits
     c_max = max(p.shape[1] for p, _ in groups)
     # One decision unit per logits row; tied modules add their sizes. Rows are padded to c_max.
     logp, sizes, valid = [], [], []
@@ -120,7 +121,7 @@ def derived_assignment(
                             "argmax_encoder_bytes": math.ceil(argmax_bits / 8), "repair_steps": 0}
     if budget is not None:
         target = resolve_budget(budget, model, space.encoder_prefix)
-        meta.update(budget=budget.to_dict(), target_bytes=target, eps=eps)
+        meta.update(budget=budget.to_dict(), size_scope=budget.scope, target_bytes=target, eps=eps)
         if repair:
             argmax_idx = idx
             idx, meta["repair_steps"] = repair_choices(lp, sz, ok, idx, fixed, 8 * target, eps)
@@ -140,7 +141,7 @@ def derived_assignment(
 
 def assignment_entries(model: nn.Module, space: SearchSpace,
                        bits_of: Mapping[str, tuple[int, ...]]) -> dict[str, ModuleBits]:
-    """ModuleBits of a supernet's searched Linears (``bits_of[name]``: bits per subgroup) and the space's fixed
+    """ModuleBits of a supernet's searched Linears and embeddings (``bits_of[name]``: bits per subgroup) and the space's fixed
     embeddings, in model order: the ``modules`` of the :class:`BitAssignment` a search returns.
 
     Example:
@@ -150,9 +151,10 @@ def assignment_entries(model: nn.Module, space: SearchSpace,
     emb = re.compile(space.embeddings)
     out: dict[str, ModuleBits] = {}
     for name, m in model.named_modules():
-        if isinstance(m, SupernetLinear):
+        if isinstance(m, (SupernetLinear, SupernetEmbedding)):
             bits = bits_of[name]
-            out[name] = ModuleBits(len(bits), bits, m.out_features, m.in_features, "linear")
+            kind = "linear" if isinstance(m, SupernetLinear) else "embedding"
+            out[name] = ModuleBits(len(bits), bits, *m.weight.shape, kind)
         elif isinstance(m, QuantEmbedding) and space.embedding_bits is not None and emb.fullmatch(name):
             out[name] = ModuleBits(m.num_subgroups, tuple(m.bits.tolist()), *m.weight.shape, "embedding")
     return out

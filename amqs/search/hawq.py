@@ -261,20 +261,21 @@ def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space
     Used by :func:`hawq_search`, and by the supernet search as its prior (``search.prior=hawq``).
     """
     h = cfg.search.hawq
-    target = resolve_budget(search_budget(cfg), model, space.encoder_prefix)  # fails early on an infeasible budget
+    budget = search_budget(cfg)
+    target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
     loader = make_loader(train, tokenizer, max_length=cfg.data.max_length,
                          batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
     batches = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(loader, h.batches)]
     t_sens = time.perf_counter()
     cost, size, info = unit_costs(teacher.to(device), model, batches, h.sensitivity, h.probes, h.seed)
     t_sens = time.perf_counter() - t_sens
-    fixed = size_base(model, space.encoder_prefix).fixed_bits
+    fixed = size_base(model, budget.prefix(space.encoder_prefix)).fixed_bits
     alloc = solve_allocation(cost, size, 8 * target, fixed_bits=fixed, time_limit=h.time_limit)
     log.info("hawq: %s sensitivity in %.0f s; %d units, %d left by the bound to %s: %s in %.2f s, Omega %.4g",
              h.sensitivity, t_sens, len(cost), alloc.free_units, alloc.solver, alloc.status, alloc.seconds,
              alloc.cost)
-    meta = {"method": "hawq", "space": space.name, "space_source": space.source, "budget": search_budget(cfg).to_dict(),
-            "target_bytes": target, "eps": cfg.search.eps,
+    meta = {"method": "hawq", "space": space.name, "space_source": space.source, "budget": budget.to_dict(),
+            "size_scope": budget.scope, "target_bytes": target, "eps": cfg.search.eps,
             "sensitivity": {"measure": h.sensitivity, "batches": len(batches), "probes": h.probes, "seed": h.seed,
                             "seconds": round(t_sens, 1), **info},
             "omega": alloc.cost, "solver": {"name": alloc.solver, "status": alloc.status, "seconds": alloc.seconds,

@@ -57,15 +57,17 @@ def size_base(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeBas
     """
     modules = supernet_modules(model)
     if not modules:
-        raise ValueError(f"{type(model).__name__} has no SupernetLinear modules; call build_supernet first")
+        raise ValueError(f"{type(model).__name__} has no searched modules; call build_supernet first")
     report = model_size(model, encoder_prefix)
     fixed, fp32, n = report.encoder_bits, report.fp32_encoder_bits, 0
     for name, m in modules.items():
         if not name.startswith(encoder_prefix):
-            raise ValueError(f"searched module {name} is outside encoder_prefix {encoder_prefix!r}")
-        # A SupernetLinear counts as a plain module (quantized bits == fp32 bits): its own tensors
+            raise ValueError(f"searched module {name} is outside encoder_prefix {encoder_prefix!r}: a space that "
+                             "searches outside the encoder needs a whole-model budget (budget.kind=total_bytes or "
+                             "total_compression)")
+        # A searched module counts as a plain module (quantized bits == fp32 bits): its own tensors
         # are the fp32 weight, the bias, and search state (logits -- once if tied -- LSQ steps).
-        bias = 32 * m.bias.numel() if m.bias is not None else 0
+        bias = 32 * m.bias.numel() if getattr(m, "bias", None) is not None else 0
         own = report.per_module.get(name, 0)
         fixed -= own - bias
         fp32 -= own - bias - 32 * m.weight.numel()
@@ -115,7 +117,8 @@ def size_bounds_bits(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> 
 
 
 def resolve_budget(budget: Budget, model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> float:
-    """Target encoder bytes ``V`` of ``budget`` for this supernet; raises if it is infeasible.
+    """Target bytes ``V`` of ``budget`` for this supernet, in the budget's scope (the encoder under
+    ``encoder_prefix``, or the whole model for the ``total_*`` kinds); raises if it is infeasible.
 
     The rule is :func:`amqs.quant.budget.budget_target_bits`; the sizes it needs are the supernet's.
 
@@ -123,15 +126,16 @@ def resolve_budget(budget: Budget, model: nn.Module, encoder_prefix: str = ENCOD
         >>> resolve_budget(Budget("avg_bits", 4), model)  # doctest: +SKIP
         104256.0
     """
-    base = size_base(model, encoder_prefix)
+    prefix = budget.prefix(encoder_prefix)
+    base = size_base(model, prefix)
     qp = sum(m.num_subgroups * int(qparam_bits(m.scheme, torch.tensor([8]))) for m in supernet_modules(model).values())
     target_bits = budget_target_bits(budget, base.fixed_bits, base.fp32_bits, base.searched_weights, qp)
-    lo, hi = size_bounds_bits(model, encoder_prefix)
+    lo, hi = size_bounds_bits(model, prefix)
     if not lo <= target_bits <= hi:
         raise ValueError(
-            f"budget {budget.kind}={budget.value} asks for {target_bits / 8:.0f} encoder bytes, outside the feasible "
-            f"range [{lo / 8:.0f}, {hi / 8:.0f}] bytes of this search space (every subgroup at its smallest .. "
-            f"largest choice; fp32 encoder: {base.fp32_bits / 8:.0f} bytes)"
+            f"budget {budget.kind}={budget.value} asks for {target_bits / 8:.0f} {budget.scope} bytes, outside the "
+            f"feasible range [{lo / 8:.0f}, {hi / 8:.0f}] bytes of this search space (every subgroup at its "
+            f"smallest .. largest choice; fp32 {budget.scope}: {base.fp32_bits / 8:.0f} bytes)"
         )
     return target_bits / 8
 

@@ -195,9 +195,10 @@ def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits
 
 def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchObjective:
     """The architecture loss ``CE + lam * L_size`` for the budget (``ValueError`` when it is infeasible)."""
-    target = resolve_budget(search_budget(cfg), model, space.encoder_prefix)
+    budget = search_budget(cfg)
+    target = resolve_budget(budget, model, space.encoder_prefix)
     return SearchObjective(target_bytes=target, lam=cfg.search.lam, eps=cfg.search.eps, task_loss=ce_loss,
-                           encoder_prefix=space.encoder_prefix, size_on=cfg.search.size_on,
+                           encoder_prefix=budget.prefix(space.encoder_prefix), size_on=cfg.search.size_on,
                            entropy_weight=cfg.search.entropy_weight)
 
 
@@ -432,6 +433,7 @@ def _search_metrics(cfg: DictConfig, assignment: BitAssignment, retrain: dict[st
                                    "fp32_total_bytes", "compression", "total_compression", "dev_accuracy", "dev_f1",
                                    "dev_accuracy_ptq", "search_val_accuracy", "search_val_f1", "train_examples")},
         "space": meta["space"], "budget_kind": cfg.budget.kind, "budget_value": cfg.budget.value,
+        "size_scope": meta.get("size_scope", "encoder"),  # derived_encoder_bytes etc. measure this scope
         "target_bytes": meta["target_bytes"], "derived_encoder_bytes": meta["encoder_bytes"],
         "argmax_encoder_bytes": meta["argmax_encoder_bytes"], "repair_steps": meta["repair_steps"],
         "avg_bits": avg_bits, "pruned_fraction": pruned_fraction(assignment),

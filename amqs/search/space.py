@@ -1,4 +1,5 @@
-"""Search spaces as data: which Linears are searched, how they split, which bit choices they get.
+"""Search spaces as data: which Linears (and embedding tables) are searched, how they split, which bit choices
+they get.
 
 A space is a YAML file in ``search_spaces/`` (see ``default.yaml`` for every key, commented),
 validated on load against the dataclasses below; every error names the file and the key. Bit
@@ -10,6 +11,11 @@ Applying a space to a model (:meth:`SearchSpace.plan`) resolves the regexes agai
   applies to a 64-row test model); ``G`` must divide ``rows``.
 * ``{size: N}`` -- N rows per subgroup (``G = rows / N``).
 * ``{per_head: true}`` -- one subgroup per attention head (``head_dim`` rows each).
+
+A group may match ``nn.Embedding`` tables too (``search_spaces/embeddings.yaml``: the word embeddings per
+block of token rows); the other tables matching ``embeddings`` stay fixed at ``embedding_bits``. Sizes are
+accounted under ``encoder_prefix`` unless the budget is a whole-model one (``budget.kind=total_bytes`` /
+``total_compression``), which a space searching outside the encoder needs.
 
 ``tie`` (optional) is a regex with one capture group, searched in each module name; modules whose
 names are equal once that group's text is replaced by ``*`` share one logits tensor (e.g.
@@ -172,22 +178,22 @@ class SearchSpace:
         return next((i for i, g in enumerate(self.groups) if any(re.fullmatch(p, name) for p in g.modules)), None)
 
     def plan(self, model: nn.Module) -> list[SearchedModule]:
-        """Resolve the groups against ``model``'s ``nn.Linear`` modules (model order).
+        """Resolve the groups against ``model``'s ``nn.Linear`` and ``nn.Embedding`` modules (model order).
 
         Raises :class:`SpaceError` for a pattern matching nothing, a non-dividing subgroup
-        spec, a module outside ``encoder_prefix``, a tie regex that misses a module, or tied
-        modules of different shapes.
+        spec, a tie regex that misses a module, or tied modules of different shapes. (A module outside
+        ``encoder_prefix`` needs a whole-model budget: :func:`amqs.search.objective.size_base` says so.)
 
         Example:
             >>> plan = load_space("aqbert").plan(model)  # doctest: +SKIP
         """
-        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
         head_dim = _head_dim(model)
         for i, g in enumerate(self.groups):
             for p in g.modules:
                 if not any(re.fullmatch(p, n) for n, _ in linears):
                     raise SpaceError(f"{self.source}: groups[{i}] ({g.name}).modules: pattern r'{p}' "
-                                     f"matches no nn.Linear of {type(model).__name__}")
+                                     f"matches no nn.Linear or nn.Embedding of {type(model).__name__}")
         plan: list[SearchedModule] = []
         claimed = [0] * len(self.groups)
         for name, module in linears:
@@ -196,9 +202,6 @@ class SearchSpace:
                 continue
             g, where = self.groups[i], f"{self.source}: groups[{i}] ({self.groups[i].name})"
             claimed[i] += 1
-            if not name.startswith(self.encoder_prefix):
-                raise SpaceError(f"{where}.modules: {name} is outside encoder_prefix {self.encoder_prefix!r}; "
-                                 "sizes are accounted over the encoder only")
             rows, cols = module.weight.shape
             try:
                 num = g.subgroups.num_subgroups(rows, head_dim)

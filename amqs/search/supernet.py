@@ -1,6 +1,7 @@
-"""The supernet: every searched Linear mixes its candidate bit-widths per subgroup (AQ-BERT).
+"""The supernet: every searched Linear (and searched embedding table) mixes its candidate bit-widths per
+subgroup (AQ-BERT).
 
-For subgroup ``g`` (a block of output rows) with architecture logits ``alpha[g, :]`` over the
+For subgroup ``g`` (a block of output rows; of a table's rows for an embedding) with architecture logits ``alpha[g, :]`` over the
 choices ``c`` (bit-widths, ascending), the layer uses
 
     W_mix[g] = sum_c p[g, c] * Q_c(W[g]),    p = softmax((alpha + gumbel_noise) / tau)
@@ -13,8 +14,8 @@ of one matrix: several times faster than one call on the view repeated to ``[C*G
 candidate is a zero block, never quantized. Within :func:`shared_candidates` (one search step) they are
 computed once while the weight is unchanged: the architecture and the weight step share them. LSQ (learned
 steps, which need the candidates' graph) quantizes all ``C`` candidates in one call on ``[C*G, n]``.
-Input activations are fake-quantized at fixed bits (:class:`~amqs.quant.modules.ActQuant`); the
-embeddings are fixed by :func:`build_supernet` through ``apply_assignment``.
+Input activations of Linears are fake-quantized at fixed bits (:class:`~amqs.quant.modules.ActQuant`);
+embedding tables that are not searched are fixed by :func:`build_supernet` through ``apply_assignment``.
 
 Relaxation modes: ``"gumbel"`` (Gumbel-softmax; the noise is drawn by :func:`resample`, once per
 step for every logits tensor, and only used in training mode) and ``"softmax"`` (no noise). The
@@ -113,45 +114,26 @@ class _MixCandidates(torch.autograd.Function):
         return dw, dp, None, None
 
 
-class SupernetLinear(nn.Linear):
-    """``nn.Linear`` whose weight is the probability-weighted mix of its quantized candidates.
+class _MixedChoices:
+    """The search state and the mix of a searched matrix ``weight[rows, cols]`` (a Linear's or an embedding
+    table's), split into ``num_subgroups`` blocks of rows: shared by :class:`SupernetLinear` and
+    :class:`SupernetEmbedding`, which differ only in how they use the mixed weight."""
 
-    Reuses the wrapped layer's ``weight``/``bias`` Parameters (build it with :meth:`from_linear`).
-    ``arch_logits[G, C]`` may be shared with other modules (ties). ``size_table[G, C]`` holds the
-    exact stored bits of each subgroup at each choice (codes + qparams, as ``model_size`` counts).
+    weight: nn.Parameter
 
-    Example:
-        >>> m = SupernetLinear.from_linear(nn.Linear(8, 4), choices=(0, 2, 4), num_subgroups=2)
-        >>> m(torch.randn(3, 8)).shape, tuple(m.arch_logits.shape)
-        (torch.Size([3, 4]), (2, 3))
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        choices: tuple[int, ...],
-        num_subgroups: int,
-        scheme: str = "minmax",
-        act_bits: int | None = 8,
-        arch_logits: nn.Parameter | None = None,
-        init_std: float = 1e-3,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
-        if out_features % num_subgroups:
-            raise ValueError(f"{out_features} rows cannot be split into {num_subgroups} equal subgroups")
+    def _init_search(self, choices: tuple[int, ...], num_subgroups: int, scheme: str,
+                     arch_logits: nn.Parameter | None, init_std: float) -> None:
+        rows, cols = self.weight.shape
+        if rows % num_subgroups:
+            raise ValueError(f"{rows} rows cannot be split into {num_subgroups} equal subgroups")
         if list(choices) != sorted(set(choices)):
             raise ValueError(f"choices must be distinct and ascending, got {choices}")
-        validate_bits(list(choices), "SupernetLinear choices")
+        validate_bits(list(choices), f"{type(self).__name__} choices")
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
         self.scheme, self.mode, self.tau, self.hard = scheme, "gumbel", 1.0, False
         self.num_subgroups, num_choices = num_subgroups, len(choices)
-        # Search state lives with the weight (from_linear builds on "meta", then moves it with .to()).
+        # Search state lives with the weight (from_* builds on "meta", then moves it with .to()).
         here = None if self.weight.is_meta else self.weight.device
         if arch_logits is None:
             # Small random logits (DARTS): an all-zero start would make every argmax "prune".
@@ -160,8 +142,7 @@ class SupernetLinear(nn.Linear):
             raise ValueError(f"arch_logits must be [{num_subgroups}, {num_choices}], got {tuple(arch_logits.shape)}")
         self.arch_logits = arch_logits
         c = torch.tensor(choices, dtype=torch.int64, device=here)
-        rows = out_features // num_subgroups
-        size = rows * in_features * c + qparam_bits(scheme, c)  # same rule as amqs.quant.size
+        size = rows // num_subgroups * cols * c + qparam_bits(scheme, c)  # same rule as amqs.quant.size
         # Non-persistent: derived from the space, so not checkpointed nor counted by model_size.
         self.register_buffer("choices", c, persistent=False)
         self.register_buffer("size_table", size.expand(num_subgroups, -1).clone(), persistent=False)
@@ -169,42 +150,22 @@ class SupernetLinear(nn.Linear):
         self._kept = 1 if choices[0] == 0 else 0  # choices[_kept:] are computed; the prune choice (0) never is
         self.share_candidates = False  # set by shared_candidates(): reuse the candidates while the weight is unchanged
         self._shared: tuple[tuple[int, int], Tensor] | None = None  # ((weight data_ptr, version), candidates)
-        if scheme == "lsq":  # one learned step per (choice, subgroup), initialised in from_linear
+        if scheme == "lsq":  # one learned step per (choice, subgroup), initialised by _adopt
             self.step = nn.Parameter(torch.ones(num_choices * num_subgroups, device=here))
         else:
             self.register_parameter("step", None)
-        self.act_quant = ActQuant(act_bits).to(here)
         self.noise: Tensor | None = None  # Gumbel noise of the current step, set by resample()
 
-    @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        choices: tuple[int, ...],
-        num_subgroups: int,
-        scheme: str = "minmax",
-        act_bits: int | None = 8,
-        *,
-        arch_logits: nn.Parameter | None = None,
-        init_std: float = 1e-3,
-    ) -> "SupernetLinear":
-        """Wrap ``linear`` keeping its ``weight``/``bias`` Parameter objects.
-
-        Example:
-            >>> lin = nn.Linear(8, 4)
-            >>> SupernetLinear.from_linear(lin, (0, 4), 4).weight is lin.weight
-            True
-        """
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, choices=tuple(choices),
-                num_subgroups=num_subgroups, scheme=scheme, act_bits=act_bits, arch_logits=arch_logits,
-                init_std=init_std, device="meta", dtype=linear.weight.dtype)
-        m.weight, m.bias = linear.weight, linear.bias
-        m.to(linear.weight.device)  # moves only the small search state
-        if m.step is not None:
+    def _adopt(self, source: nn.Module) -> None:
+        """Take ``source``'s weight (and bias) Parameter objects; move the search state next to them."""
+        self.weight = source.weight
+        if hasattr(source, "bias"):
+            self.bias = source.bias
+        self.to(source.weight.device)  # moves only the small search state
+        if self.step is not None:
             with torch.no_grad():
-                m.step.copy_(init_lsq_step(m._candidates_view(), m._bits_flat))
-        m.train(linear.training)
-        return m
+                self.step.copy_(init_lsq_step(self._candidates_view(), self._bits_flat))
+        self.train(source.training)
 
     def _candidates_view(self) -> Tensor:
         wg = to_subgroups(self.weight, self.num_subgroups)  # [G, n]
@@ -269,22 +230,122 @@ class SupernetLinear(nn.Linear):
         """Bits ``[G]`` of the most probable choice per subgroup (noise-free)."""
         return self.choices[self.arch_logits.detach().argmax(-1)]
 
+    def _search_repr(self) -> str:
+        return (f"choices={self.choices.tolist()}, subgroups={self.num_subgroups}, scheme={self.scheme}, "
+                f"mode={self.mode}, tau={self.tau:.3g}")
+
+
+class SupernetLinear(_MixedChoices, nn.Linear):
+    """``nn.Linear`` whose weight is the probability-weighted mix of its quantized candidates.
+
+    Reuses the wrapped layer's ``weight``/``bias`` Parameters (build it with :meth:`from_linear`).
+    ``arch_logits[G, C]`` may be shared with other modules (ties). ``size_table[G, C]`` holds the
+    exact stored bits of each subgroup at each choice (codes + qparams, as ``model_size`` counts).
+
+    Example:
+        >>> m = SupernetLinear.from_linear(nn.Linear(8, 4), choices=(0, 2, 4), num_subgroups=2)
+        >>> m(torch.randn(3, 8)).shape, tuple(m.arch_logits.shape)
+        (torch.Size([3, 4]), (2, 3))
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        choices: tuple[int, ...],
+        num_subgroups: int,
+        scheme: str = "minmax",
+        act_bits: int | None = 8,
+        arch_logits: nn.Parameter | None = None,
+        init_std: float = 1e-3,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_search(tuple(choices), num_subgroups, scheme, arch_logits, init_std)
+        self.act_quant = ActQuant(act_bits).to(None if self.weight.is_meta else self.weight.device)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        choices: tuple[int, ...],
+        num_subgroups: int,
+        scheme: str = "minmax",
+        act_bits: int | None = 8,
+        *,
+        arch_logits: nn.Parameter | None = None,
+        init_std: float = 1e-3,
+    ) -> "SupernetLinear":
+        """Wrap ``linear`` keeping its ``weight``/``bias`` Parameter objects.
+
+        Example:
+            >>> lin = nn.Linear(8, 4)
+            >>> SupernetLinear.from_linear(lin, (0, 4), 4).weight is lin.weight
+            True
+        """
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, choices=tuple(choices),
+                num_subgroups=num_subgroups, scheme=scheme, act_bits=act_bits, arch_logits=arch_logits,
+                init_std=init_std, device="meta", dtype=linear.weight.dtype)
+        m._adopt(linear)
+        return m
+
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.act_quant(x), self.mixed_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return (f"{nn.Linear.extra_repr(self)}, choices={self.choices.tolist()}, subgroups={self.num_subgroups}, "
-                f"scheme={self.scheme}, mode={self.mode}, tau={self.tau:.3g}")
+        return f"{nn.Linear.extra_repr(self)}, {self._search_repr()}"
 
 
-def supernet_modules(model: nn.Module) -> dict[str, SupernetLinear]:
-    """All :class:`SupernetLinear` modules by name, in model order.
+class SupernetEmbedding(_MixedChoices, nn.Embedding):
+    """``nn.Embedding`` whose table is the probability-weighted mix of its quantized candidates, per block of
+    rows (token ids) -- the word-embedding table searched like a Linear's output rows. Only the rows a batch
+    looks up get gradients, so a block of tokens the data never shows keeps its initial logits unless the
+    size and entropy terms move it (the search's prior decides it; ``search.prior=hawq`` weighs each block by
+    its Fisher information, which is zero for tokens that never occur).
+
+    Example:
+        >>> m = SupernetEmbedding.from_embedding(nn.Embedding(12, 4), choices=(2, 4, 8), num_subgroups=3)
+        >>> m(torch.tensor([[0, 11]])).shape, tuple(m.arch_logits.shape)
+        (torch.Size([1, 2, 4]), (3, 3))
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
+                 choices: tuple[int, ...], num_subgroups: int, scheme: str = "minmax",
+                 arch_logits: nn.Parameter | None = None, init_std: float = 1e-3,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        nn.Embedding.__init__(self, num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype)
+        self._init_search(tuple(choices), num_subgroups, scheme, arch_logits, init_std)
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, choices: tuple[int, ...], num_subgroups: int, scheme: str = "minmax",
+                       *, arch_logits: nn.Parameter | None = None, init_std: float = 1e-3) -> "SupernetEmbedding":
+        """Wrap ``emb`` keeping its ``weight`` Parameter (and its padding index)."""
+        if emb.max_norm is not None or emb.sparse:
+            raise ValueError("a searched embedding needs max_norm=None and dense gradients")
+        m = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, choices=tuple(choices),
+                num_subgroups=num_subgroups, scheme=scheme, arch_logits=arch_logits, init_std=init_std,
+                device="meta", dtype=emb.weight.dtype)
+        m._adopt(emb)
+        return m
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.mixed_weight(), self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Embedding.extra_repr(self)}, {self._search_repr()}"
+
+
+def supernet_modules(model: nn.Module) -> dict[str, SupernetLinear | SupernetEmbedding]:
+    """All searched modules (:class:`SupernetLinear`, :class:`SupernetEmbedding`) by name, in model order.
 
     Example:
         >>> supernet_modules(nn.Sequential(nn.Linear(2, 2)))
         {}
     """
-    return {n: m for n, m in model.named_modules() if isinstance(m, SupernetLinear)}
+    return {n: m for n, m in model.named_modules() if isinstance(m, _MixedChoices)}
 
 
 def arch_groups(model: nn.Module) -> list[tuple[nn.Parameter, list[str]]]:
@@ -385,27 +446,35 @@ def resample(model: nn.Module, generator: torch.Generator | None = None) -> None
 def build_supernet(model: nn.Module, space: SearchSpace, *, init_std: float = 1e-3, init_bias: float = 0.0) -> list[str]:
     """Turn ``model`` into a supernet in place; returns the searched module names (model order).
 
-    Searched Linears become :class:`SupernetLinear` (tied ones share one logits Parameter);
-    the space's embeddings are fixed at ``space.embedding_bits`` with ``apply_assignment``.
+    Searched Linears become :class:`SupernetLinear`, searched embedding tables :class:`SupernetEmbedding`
+    (tied ones share one logits Parameter); the space's other embeddings are fixed at
+    ``space.embedding_bits`` with ``apply_assignment``.
 
     Example:
         >>> names = build_supernet(model, load_space("aqbert"))  # doctest: +SKIP
     """
     plan = space.plan(model)  # validates everything before the first change
+    searched = {sm.name for sm in plan}
     if space.embedding_bits is not None:
         emb = {}
         for name in select_modules(model, space.embeddings, nn.Embedding):
-            rows, cols = model.get_submodule(name).weight.shape
-            emb[name] = ModuleBits(1, (space.embedding_bits,), rows, cols, "embedding")
+            if name not in searched:
+                rows, cols = model.get_submodule(name).weight.shape
+                emb[name] = ModuleBits(1, (space.embedding_bits,), rows, cols, "embedding")
         apply_assignment(model, BitAssignment(modules=emb, scheme=space.scheme, act_bits=space.act_bits))
     shared: dict[str, nn.Parameter] = {}
     for sm in plan:
-        linear = model.get_submodule(sm.name)
-        if isinstance(linear, SupernetLinear):
-            raise ValueError(f"{sm.name} is already a SupernetLinear; build_supernet runs once per model")
-        new = SupernetLinear.from_linear(linear, sm.choices, sm.num_subgroups, space.scheme, space.act_bits,
-                                         arch_logits=shared.get(sm.tie_key), init_std=init_std)
-        if sm.tie_key not in shared and init_bias:
+        old = model.get_submodule(sm.name)
+        if isinstance(old, _MixedChoices):
+            raise ValueError(f"{sm.name} is already searched; build_supernet runs once per model")
+        logits = shared.get(sm.tie_key)
+        if isinstance(old, nn.Embedding):
+            new = SupernetEmbedding.from_embedding(old, sm.choices, sm.num_subgroups, space.scheme,
+                                                   arch_logits=logits, init_std=init_std)
+        else:
+            new = SupernetLinear.from_linear(old, sm.choices, sm.num_subgroups, space.scheme, space.act_bits,
+                                             arch_logits=logits, init_std=init_std)
+        if logits is None and init_bias:
             with torch.no_grad():  # favour the most precise choice: start near the teacher's function
                 new.arch_logits[:, -1] += init_bias
         shared.setdefault(sm.tie_key, new.arch_logits)
@@ -426,7 +495,7 @@ def arch_entropy(model: nn.Module) -> float:
         True
     """
     if not arch_parameters(model):
-        raise ValueError(f"{type(model).__name__} has no SupernetLinear modules; call build_supernet first")
+        raise ValueError(f"{type(model).__name__} has no searched modules; call build_supernet first")
     return arch_entropy_term(model).item()
 
 
@@ -456,7 +525,7 @@ def arch_entropy_term(model: nn.Module) -> Tensor:
     return torch.cat(rows).mean()
 
 
-__all__ = ["MODES", "SupernetLinear", "TemperatureSchedule", "arch_entropy", "arch_entropy_term", "arch_groups",
+__all__ = ["MODES", "SupernetEmbedding", "SupernetLinear", "TemperatureSchedule", "arch_entropy", "arch_entropy_term", "arch_groups",
            "arch_parameters", "entropy_fraction",
            "build_supernet", "resample", "set_relaxation", "shared_candidates", "supernet_modules",
            "weight_parameters"]

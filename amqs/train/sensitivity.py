@@ -272,7 +272,7 @@ def mixed_assignment(model: nn.Module, assignment: BitAssignment, batches: Seque
     probe = copy.deepcopy(model)
     top = assignment.with_bits({n: [choices[0]] * mods[n].num_subgroups for n in linears})
     apply_assignment(probe, top)
-    report = model_size(probe, encoder_prefix)
+    report = model_size(probe, budget.prefix(encoder_prefix))  # the encoder, or the whole model (total_*)
     fixed = report.encoder_bits - sum(quant_weight_bits(probe.get_submodule(n)) for n in linears)
     del probe
     qp8 = sum(mods[n].num_subgroups * int(qparam_bits(scheme, torch.tensor([8]))) for n in linears)

@@ -20,8 +20,8 @@ import torch
 
 from amqs.export.graph import build_model
 from amqs.export.materialize import materialize
-from amqs.quant import ActQuant, model_size
-from tests.export.test_materialize import mixed_bits, prune_heads, quant_bert, randomize
+from amqs.quant import DEFAULT_LINEAR_PATTERNS, ActQuant, apply_assignment, model_size, uniform_assignment
+from tests.export.test_materialize import calibrate, mixed_bits, prune_heads, quant_bert, randomize
 from tests.tiny import batch, tiny_bert
 
 REL_TOL = 1e-4  # of the largest |logit|; observed differences are ~1e-7 of it
@@ -240,3 +240,26 @@ def test_file_bytes_match_accounted_size(tmp_path: Path) -> None:
     f = _file_bytes(model, tmp_path / "m.onnx")
     accounted = model_size(model).total_bytes
     assert accounted <= f <= 1.10 * accounted, (f, accounted)
+
+
+def test_searched_word_embeddings_per_block_match(tmp_path: Path) -> None:
+    """Word-embedding rows at their searched bits (10 blocks of 100 rows at 2, 4 or 8, as a search with
+    search_spaces/embeddings.yaml derives them): parity, and a file smaller than the all-8-bit table's by the
+    codes saved (less the unpacking nodes and the 2 KB uint16 row permutation)."""
+    rng = np.random.default_rng(3)
+    blocks = rng.choice([2, 4, 8], size=10).tolist()
+    big = {**MID, "vocab_size": 1000}
+    model = randomize(tiny_bert(14, **big), 14)
+    a = uniform_assignment(model, DEFAULT_LINEAR_PATTERNS, 8, num_subgroups=16,
+                           embedding_num_subgroups={r"bert\.embeddings\.word_embeddings": 10, r".*": 1})
+    mixed = a.with_bits({"bert.embeddings.word_embeddings": blocks})
+    apply_assignment(model, mixed)
+    model = calibrate(model)
+    arrays = materialize(model)
+    assert arrays.word.bits.tolist() == np.repeat(blocks, 100).tolist()
+    assert_parity(session(model), model, inputs(15))
+    uniform = randomize(tiny_bert(14, **big), 14)
+    apply_assignment(uniform, a)
+    f_mixed, f_8 = _file_bytes(model, tmp_path / "mixed.onnx"), _file_bytes(calibrate(uniform), tmp_path / "w8.onnx")
+    saved = sum((8 - b) * 100 * 128 for b in blocks) // 8  # code bytes of the narrower blocks
+    assert saved - 8_000 < f_8 - f_mixed <= saved, (f_8, f_mixed, saved)  # observed: 5.2 KB less than saved

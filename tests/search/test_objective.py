@@ -1,4 +1,4 @@
-"""Size accounting vs model_size, the budget kinds, the piecewise size loss, and size-only arch steps."""
+"""Size accounting vs model_size, the budget kinds (encoder and whole-model), the piecewise size loss, and size-only arch steps."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from amqs.quant.size import model_size
+from amqs.quant.surgery import apply_assignment
 from amqs.search.architect import Architect, ArchitectConfig
 from amqs.search.objective import (
     Budget,
@@ -20,8 +21,10 @@ from amqs.search.objective import (
     size_bounds_bits,
     size_loss,
 )
+from amqs.search.derive import derived_assignment
 from amqs.search.space import load_space
 from amqs.search.supernet import arch_parameters, build_supernet, set_relaxation, supernet_modules
+from tests.search.test_supernet import embedding_space
 from tests.tiny import tiny_bert
 
 # Tiny BERT encoder: per layer biases 4*64 + 128 + 64 = 448 and LayerNorms 4*64 = 256 (fp32), plus
@@ -180,3 +183,25 @@ def test_entropy_term_is_added_with_its_ramp() -> None:
     obj.entropy_scale = 0.4
     from amqs.search.supernet import arch_entropy
     assert obj(model, None).item() == pytest.approx(base + 0.5 * 0.4 * arch_entropy(model), rel=1e-5)
+
+
+def test_searched_embeddings_need_a_whole_model_budget_and_size_exactly() -> None:
+    space = embedding_space()
+    model = tiny_bert()
+    build_supernet(model, space)
+    with pytest.raises(ValueError, match="outside encoder_prefix.*whole-model budget"):
+        resolve_budget(Budget("compression", 8.0), model, space.encoder_prefix)
+    fp32 = model_size(tiny_bert())
+    target = resolve_budget(Budget("total_compression", 6.0), model, space.encoder_prefix)
+    assert target == pytest.approx(fp32.fp32_total_bits / 8 / 6.0)
+    assert resolve_budget(Budget("total_bytes", 60_000), model, space.encoder_prefix) == 60_000
+    with pytest.raises(ValueError, match="total bytes, outside the feasible range"):
+        resolve_budget(Budget("total_compression", 100.0), model, space.encoder_prefix)
+    derived = derived_assignment(model, space, Budget("total_compression", 6.0))
+    word = derived.modules["bert.embeddings.word_embeddings"]
+    assert (word.kind, word.num_subgroups, set(word.bits) <= {2, 4, 8}) == ("embedding", 10, True)
+    fresh = tiny_bert()
+    apply_assignment(fresh, derived)
+    size = model_size(fresh)
+    assert derived.meta["size_scope"] == "total" and size.total_bits == derived.meta["encoder_bits"]
+    assert size.total_bytes <= 1.05 * target

@@ -1,4 +1,4 @@
-"""SupernetLinear numerics against fixed QuantLinears and loop references; ties; relaxation; schedule."""
+"""SupernetLinear and SupernetEmbedding numerics against fixed QuantLinears and loop references; ties; relaxation; schedule."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from torch import nn
 
 from amqs.quant.functions import quantize_subgroups, to_subgroups
 from amqs.quant.modules import QuantEmbedding, QuantLinear
-from amqs.search.space import load_space
+from amqs.search.space import SearchSpace, load_space, space_from_dict
 from amqs.search.supernet import (
+    SupernetEmbedding,
     SupernetLinear,
     TemperatureSchedule,
     arch_entropy,
@@ -134,7 +135,7 @@ def test_supernet_model_forward_backward_and_parameter_split() -> None:
     model(**batch(0)).loss.backward()
     assert all(p.grad is not None for p in arch)
     assert model.bert.encoder.layer[0].attention.self.query.weight.grad is not None
-    with pytest.raises(ValueError, match="already a SupernetLinear"):
+    with pytest.raises(ValueError, match="already searched"):
         build_supernet(model, load_space("default"))
 
 
@@ -240,3 +241,48 @@ def test_entropy_fraction_and_entropy_term() -> None:
     arch_entropy_term(model).backward()
     grad = model[0].arch_logits.grad
     assert grad[0, 0] < 0 and torch.allclose(grad[1], torch.zeros(4), atol=1e-7)  # raising the top lowers H
+
+
+def test_supernet_embedding_rows_and_only_looked_up_blocks_learn() -> None:
+    emb = nn.Embedding(12, 4, padding_idx=0)
+    m = SupernetEmbedding.from_embedding(emb, (2, 4, 8), num_subgroups=3)  # blocks of 4 token rows
+    assert m.weight is emb.weight and m.padding_idx == 0
+    ids = torch.tensor([[1, 5, 6]])  # blocks 0 and 1; block 2 (rows 8..11) never looked up
+    with torch.no_grad():
+        m.arch_logits.copy_(one_hot_logits([4, 8, 2], (2, 4, 8)))
+    table = torch.cat([quantize_subgroups(to_subgroups(emb.weight[4 * g:4 * g + 4].detach(), 1), torch.tensor([b]),
+                                          "minmax").reshape(4, 4) for g, b in enumerate([4, 8, 2])])
+    m.eval()
+    torch.testing.assert_close(m(ids), table[ids], rtol=0, atol=0)
+    assert m.argmax_bits().tolist() == [4, 8, 2]
+    m.train()
+    with torch.no_grad():
+        m.arch_logits.zero_()
+    m(ids).pow(2).sum().backward()
+    g = m.arch_logits.grad
+    assert g[:2].abs().sum() > 0 and g[2].abs().sum() == 0
+    grad_rows = emb.weight.grad.abs().sum(1)
+    assert (grad_rows[[5, 6]] > 0).all() and grad_rows[[0, 2, 3, 4, 7, 8, 9, 10, 11]].sum() == 0
+
+
+def embedding_space() -> SearchSpace:
+    """search_spaces/embeddings.yaml sized for the tiny BERT (100-token vocabulary: 10 blocks of 10 rows)."""
+    return space_from_dict({"version": 1, "name": "emb", "choices": [0, 2, 4, 8], "groups": [
+        {"name": "encoder", "modules": r"bert\.encoder\.layer\.\d+\..*(query|key|value|dense)",
+         "subgroups": {"count": 8}},
+        {"name": "word", "modules": r"bert\.embeddings\.word_embeddings", "subgroups": {"count": 10},
+         "choices": [2, 4, 8]}]})
+
+
+def test_build_supernet_searches_embedding_groups_and_fixes_the_others() -> None:
+    space = embedding_space()
+    model = tiny_bert()
+    names = build_supernet(model, space)
+    word = model.bert.embeddings.word_embeddings
+    assert "bert.embeddings.word_embeddings" in names and isinstance(word, SupernetEmbedding)
+    assert tuple(word.arch_logits.shape) == (10, 3) and word.size_table[0].tolist() == [
+        10 * 64 * b + 40 for b in (2, 4, 8)]
+    assert isinstance(model.bert.embeddings.position_embeddings, QuantEmbedding)  # fixed at embedding_bits
+    assert "bert.embeddings.word_embeddings" in supernet_modules(model)
+    model(**batch(0)).loss.backward()
+    assert word.arch_logits.grad is not None
