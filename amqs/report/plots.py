@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -40,47 +40,33 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_pareto(df: pd.DataFrame, path: Path, baselines: Optional[pd.DataFrame] = None, title: str = "") -> Path:
-    """Search-val and dev accuracy (%) against encoder size (MB), the search-val front highlighted.
+PARETO_PANELS = (("search_val_accuracy", "search-validation", "encoder_bytes"), ("dev_accuracy", "dev", "encoder_bytes"),
+                 ("dev_accuracy", "dev", "total_bytes"))  # (score, its label, size axis) of each panel
 
-    The uniform baselines (dev accuracy only) appear as reference points in the dev panel.
+
+def plot_pareto(df: pd.DataFrame, path: Path, baselines: Optional[pd.DataFrame] = None, title: str = "") -> Path:
+    """Search-val and dev accuracy (%) against encoder size (MB), and dev accuracy against the whole model's size;
+    the study's front (its own objectives) highlighted.
+
+    The uniform baselines (dev accuracy only) appear as reference points in the dev panels.
 
     Example:
         >>> plot_pareto(trials_table(study), Path("results/studies/s/pareto.png"))   # doctest: +SKIP
     """
-    fig = Figure(figsize=(12, 4.8))
+    fig = Figure(figsize=(17, 4.8))
     done = df[df["state"] == "COMPLETE"] if not df.empty else df
-    for i, (col, label) in enumerate((("search_val_accuracy", "search-validation"), ("dev_accuracy", "dev"))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        ax.set_xlabel("encoder size (MB, 10^6 bytes)")
+    for i, (col, label, size) in enumerate(PARETO_PANELS):
+        ax = fig.add_subplot(1, len(PARETO_PANELS), i + 1)
+        ax.set_xlabel(f"{size.split('_')[0]} size (MB, 10^6 bytes)")
         ax.set_ylabel(f"{label} accuracy (%)")
         ax.set_title(f"{label} accuracy" + (" (selection)" if i == 0 else " (reported only)"))
         ax.grid(alpha=0.3)
-        if done.empty:
+        if done.empty or size not in done:
             ax.text(0.5, 0.5, "no complete trial yet", ha="center", va="center", transform=ax.transAxes)
             continue
-        x, y = done["encoder_bytes"] / 1e6, 100 * done[col].astype(float)
-        on = done["is_pareto"].astype(bool)
-        if (~on).any():
-            ax.scatter(x[~on], y[~on], color="0.6", s=25, label="trial (dominated)")
-        front = done[on].sort_values("encoder_bytes")
-        fx, fy = front["encoder_bytes"] / 1e6, 100 * front[col].astype(float)
-        ax.plot(fx, fy, "-o", color="#ff7f0e", ms=6, label="Pareto front (search-val)")
-        for n, xx, yy in zip(front["number"], fx, fy):
-            ax.annotate(str(n), (xx, yy), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        undecided = done["undecided"].map(lambda v: v is True or v == 1.0) if "undecided" in done else None
-        if undecided is not None and undecided.any():
-            ax.scatter(x[undecided], y[undecided], marker="x", color="#d62728", s=70, zorder=4,
-                       label="undecided search (amqs.search.diagnostics)")
-        xs = list(x)
-        if i == 1 and baselines is not None and not baselines.empty:
-            for _, b in baselines.iterrows():
-                bx, by = b["encoder_bytes"] / 1e6, 100 * float(b["dev_accuracy"])
-                ax.scatter([bx], [by], marker="*" if b["method"] == "fp32" else "s", s=90 if b["method"] == "fp32"
-                           else 40, color="black" if b["method"] == "fp32" else "#2ca02c", zorder=3,
-                           label=f"{b['method']} (uniform baseline)" if b["method"] != "fp32" else "fp32")
-                ax.annotate(str(b["method"]), (bx, by), textcoords="offset points", xytext=(4, -10), fontsize=8)
-                xs.append(bx)
+        xs = _pareto_panel(ax, done, col, size)
+        if col == "dev_accuracy" and baselines is not None and size in baselines:
+            xs += _baseline_points(ax, baselines, size)
         if min(xs) > 0 and max(xs) / min(xs) > 8:  # fp32 next to a 15x model: log scale keeps both readable
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -90,6 +76,38 @@ def plot_pareto(df: pd.DataFrame, path: Path, baselines: Optional[pd.DataFrame] 
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def _pareto_panel(ax: Any, done: pd.DataFrame, col: str, size: str) -> list[float]:
+    """The trials of one panel: dominated in grey, the front as a line, undecided searches crossed; their x."""
+    x, y = done[size] / 1e6, 100 * done[col].astype(float)
+    on = done["is_pareto"].astype(bool)
+    if (~on).any():
+        ax.scatter(x[~on], y[~on], color="0.6", s=25, label="trial (dominated)")
+    front = done[on].sort_values(size)
+    fx, fy = front[size] / 1e6, 100 * front[col].astype(float)
+    ax.plot(fx, fy, "-o", color="#ff7f0e", ms=6, label="Pareto front (search-val)")
+    for n, xx, yy in zip(front["number"], fx, fy):
+        ax.annotate(str(n), (xx, yy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    undecided = done["undecided"].map(lambda v: v is True or v == 1.0) if "undecided" in done else None
+    if undecided is not None and undecided.any():
+        ax.scatter(x[undecided], y[undecided], marker="x", color="#d62728", s=70, zorder=4,
+                   label="undecided search (amqs.search.diagnostics)")
+    return list(x)
+
+
+def _baseline_points(ax: Any, baselines: pd.DataFrame, size: str) -> list[float]:
+    """The uniform baselines' dev accuracy at their ``size``; their x."""
+    xs = []
+    for _, b in baselines.iterrows():
+        bx, by = b[size] / 1e6, 100 * float(b["dev_accuracy"])
+        fp32 = b["method"] == "fp32"
+        ax.scatter([bx], [by], marker="*" if fp32 else "s", s=90 if fp32 else 40,
+                   color="black" if fp32 else "#2ca02c", zorder=3,
+                   label="fp32" if fp32 else f"{b['method']} (uniform baseline)")
+        ax.annotate(str(b["method"]), (bx, by), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        xs.append(bx)
+    return xs
 
 
 def encoder_rows(assignment: BitAssignment) -> list[tuple[str, tuple[int, ...]]]:

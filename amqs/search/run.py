@@ -173,8 +173,8 @@ def _prior(cfg: DictConfig, model: nn.Module, teacher: nn.Module, space: SearchS
         for p, _, rows in choice_rows(model, alloc.choice):
             p[:, -1] -= bias
             p[torch.arange(p.shape[0], device=p.device), rows.to(p.device)] += bias
-    log.info("search prior: the HAWQ allocation (%d encoder bytes, %s sensitivity)", math.ceil(meta["encoder_bits"] / 8),
-             meta["sensitivity"]["measure"])
+    log.info("search prior: the HAWQ allocation (%d %s bytes, %s sensitivity)", math.ceil(meta["encoder_bits"] / 8),
+             meta["size_scope"], meta["sensitivity"]["measure"])
 
 
 def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits: dict, tokenizer: Any,
