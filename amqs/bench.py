@@ -89,6 +89,21 @@ def time_interleaved(runners: dict[str, Callable[[], object]], warmup: int, roun
     return times
 
 
+def time_exports(dirs: dict[str, Path], *, batch: int, length: int, threads: int, warmup: int,
+                 rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each export folder's model on the same random ``batch x length`` ids, interleaved.
+
+    Example:
+        >>> times = time_exports({"a": Path("exports/a"), "b": Path("exports/b")}, batch=1, length=128,  # doctest: +SKIP
+        ...                      threads=1, warmup=5, rounds=50)
+    """
+    sessions = {name: load_session(d / MODEL_FILE, threads) for name, d in dirs.items()}
+    vocab = json.loads((next(iter(dirs.values())) / "config.json").read_text())["vocab_size"]
+    feed = _random_feed(batch, length, vocab)
+    return time_interleaved({name: (lambda s=s: s.run(["logits"], feed)) for name, s in sessions.items()},
+                            warmup, rounds)
+
+
 def dev_accuracy(export_dir: Path, data_cfg, threads: int) -> float:
     from amqs.data.glue import load_glue
     from amqs.train.metrics import METRICS

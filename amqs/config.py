@@ -331,6 +331,18 @@ class OuterPrunerConfig:
 
 
 @dataclass
+class OuterLatencyConfig:
+    """How a trial's ``latency_ms`` objective is measured (amqs.outer.latency): its export on ONNX Runtime,
+    interleaved with ORT's uniform int8 recipe of the teacher."""
+
+    batch: int = 1
+    length: int = 128  # tokens per sequence (random ids)
+    threads: int = 1  # ORT intra-op threads
+    warmup: int = 5  # calls of each model before timing
+    rounds: int = 50  # interleaved timed calls of each model; the objective is their median
+
+
+@dataclass
 class OuterConfig:
     """The Optuna study around the search (``amqs-search outer=optuna``; amqs.outer.study)."""
 
@@ -342,6 +354,7 @@ class OuterConfig:
     seed: Optional[int] = 0  # sampler seed (+ trials already in the study); None: fresh entropy
     sampler: OuterSamplerConfig = field(default_factory=OuterSamplerConfig)
     pruner: OuterPrunerConfig = field(default_factory=OuterPrunerConfig)
+    latency: OuterLatencyConfig = field(default_factory=OuterLatencyConfig)  # the latency_ms objective
     # Optuna heartbeat: a RUNNING trial silent for grace_period seconds (its process died) is FAILED.
     heartbeat_interval: int = 30
     grace_period: Optional[int] = None  # None: 4 x heartbeat_interval
