@@ -9,6 +9,8 @@ search space, budget, sizes and retrain:
    Hessian-vector product serves every subgroup; ``amqs.train.sensitivity``), or the empirical Fisher
    ``sum_(i in g) g_i^2`` (``sensitivity: fisher``). Per weight: ``s_g = tr_g / n_g``; tied modules (Q/K/V of one
    head) form one decision unit and add their traces and weight counts. A noisy negative estimate counts as 0.
+   A searched embedding table (blocks of token rows) gets its measured total shared among its blocks by how
+   often their tokens occur in the whole train split: the few batches see a small part of the vocabulary.
 2. **Cost** of choice ``c`` for unit ``u`` (HAWQ-V2's second-order estimate): ``s_u * ||Q_c(W_u) - W_u||^2`` with
    the space's quantizer at ``c`` bits (LSQ at its initial step); pruning (``c = 0``) costs ``s_u * ||W_u||^2``.
 3. **Allocation**: one choice per unit minimising the total cost ``Omega`` subject to the exact encoder size
@@ -45,7 +47,7 @@ from amqs.search.derive import assignment_entries
 from amqs.search.objective import resolve_budget, size_base
 from amqs.search.run import search_budget, search_supernet
 from amqs.search.space import SearchSpace
-from amqs.search.supernet import arch_groups, supernet_modules
+from amqs.search.supernet import SupernetEmbedding, arch_groups, supernet_modules
 from amqs.train.loop import seed_everything
 from amqs.train.qat import load_teacher
 from amqs.train.sensitivity import row_blocks, subgroup_quant_noise, weight_traces
@@ -205,9 +207,14 @@ def _milp(cost: np.ndarray, steps: np.ndarray, keep: np.ndarray, room: int, time
 
 
 def unit_costs(teacher: nn.Module, model: nn.Module, batches: list[dict[str, torch.Tensor]], measure: str = "hessian",
-               probes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+               probes: int = 4, seed: int = 0, token_counts: torch.Tensor | None = None
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``cost[U, C]`` and ``size[U, C]`` of every decision unit (logits row of ``model``'s supernet, in
     :func:`arch_groups` order; padded choices cost ``inf``) from the sensitivity of ``teacher``'s weights.
+
+    A searched embedding table's rows see gradients only for the tokens of ``batches``; with ``token_counts``
+    (occurrences of every token id in the whole train split, :func:`token_counts`) its sensitivity is the
+    table's measured total, shared among its blocks of rows in proportion to their tokens' occurrences.
 
     Example:
         >>> cost, size, info = unit_costs(teacher, supernet, batches[:2], "fisher")  # doctest: +SKIP
@@ -216,6 +223,10 @@ def unit_costs(teacher: nn.Module, model: nn.Module, batches: list[dict[str, tor
     weights = {n: teacher.get_submodule(n).weight for n in modules}
     trace = weight_traces(teacher, weights, batches, measure, probes=probes, seed=seed,
                           reduce=row_blocks({n: m.num_subgroups for n, m in modules.items()}))
+    for n, m in modules.items():  # a searched embedding: its Fisher mass spread by token frequency
+        if isinstance(m, SupernetEmbedding) and token_counts is not None:
+            share = token_counts.double().reshape(m.num_subgroups, -1).sum(1) / max(1, int(token_counts.sum()))
+            trace[n] = trace[n].sum() * share
     groups = arch_groups(model)
     c_max = max(p.shape[1] for p, _ in groups)
     costs, sizes, negative = [], [], 0
@@ -231,6 +242,21 @@ def unit_costs(teacher: nn.Module, model: nn.Module, batches: list[dict[str, tor
         table = sum(modules[n].size_table for n in names).cpu().numpy()
         sizes.append(np.pad(table, pad))
     return np.concatenate(costs), np.concatenate(sizes).astype(np.int64), {"negative_clamped": negative}
+
+
+@torch.no_grad()
+def token_counts(loader: Any, vocab: int) -> torch.Tensor:
+    """Occurrences of every token id (``[vocab]`` int64) over ``loader``'s batches, padding excluded.
+
+    Example:
+        >>> token_counts([{"input_ids": torch.tensor([[1, 2, 2, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 0]])}],
+        ...              4).tolist()
+        [0, 1, 2, 0]
+    """
+    counts = torch.zeros(vocab, dtype=torch.int64)
+    for b in loader:
+        counts += torch.bincount(b["input_ids"][b["attention_mask"].bool()].flatten(), minlength=vocab)
+    return counts
 
 
 def hawq_search(cfg: DictConfig) -> BitAssignment:
@@ -267,7 +293,10 @@ def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space
                          batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
     batches = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(loader, h.batches)]
     t_sens = time.perf_counter()
-    cost, size, info = unit_costs(teacher.to(device), model, batches, h.sensitivity, h.probes, h.seed)
+    counts = None
+    if any(isinstance(m, SupernetEmbedding) for m in supernet_modules(model).values()):
+        counts = token_counts(loader, teacher.config.vocab_size)  # the whole train split
+    cost, size, info = unit_costs(teacher.to(device), model, batches, h.sensitivity, h.probes, h.seed, counts)
     t_sens = time.perf_counter() - t_sens
     fixed = size_base(model, budget.prefix(space.encoder_prefix)).fixed_bits
     alloc = solve_allocation(cost, size, 8 * target, fixed_bits=fixed, time_limit=h.time_limit)
@@ -318,4 +347,5 @@ def hawq_assignment(model: nn.Module, space: SearchSpace, choice: np.ndarray, en
                          act_bits=space.act_bits, meta=meta)
 
 
-__all__ = ["Allocation", "choice_rows", "hawq_allocation", "hawq_assignment", "hawq_search", "solve_allocation", "unit_costs"]
+__all__ = ["Allocation", "choice_rows", "hawq_allocation", "hawq_assignment", "hawq_search", "solve_allocation",
+           "token_counts", "unit_costs"]

@@ -20,7 +20,7 @@ from amqs.finetune import run as finetune
 from amqs.quant import BitAssignment, apply_assignment, model_size
 from amqs.search.app import run as search_app
 from amqs.search.derive import derived_assignment
-from amqs.search.hawq import hawq_assignment, hawq_search, solve_allocation, unit_costs
+from amqs.search.hawq import hawq_assignment, hawq_search, solve_allocation, token_counts, unit_costs
 from amqs.search.objective import Budget, resolve_budget, size_base
 from amqs.search.space import load_space
 from amqs.search.supernet import build_supernet, supernet_modules
@@ -28,6 +28,7 @@ from amqs.train.sensitivity import fisher_trace, hessian_trace, row_blocks, subg
 from amqs.utils.cli import UserError, one_line
 from amqs.utils.run import _HAWQ_DEFAULTS, config_hash
 from tests.conftest import compose_cfg
+from tests.search.test_supernet import embedding_space
 from tests.tiny import batch, tiny_bert
 
 
@@ -190,3 +191,23 @@ def test_the_hawq_prior_biases_the_search_toward_the_exact_allocation(tmp_path: 
     assert {n: m.bits for n, m in seen["bits"].items()} == {n: m.bits for n, m in hawq.modules.items()}
     with pytest.raises(UserError, match="search.prior"):
         search_run.search(compose_cfg("search", overrides + ["search.prior=fisher"]), out)
+
+
+def test_embedding_sensitivity_is_the_measured_total_shared_by_token_frequency() -> None:
+    teacher = tiny_bert()
+    model = copy.deepcopy(teacher)
+    build_supernet(model, embedding_space())  # the word table in 10 blocks of 10 token rows over {2, 4, 8}
+    batches = [batch(0), batch(1)]
+    loader = [{"input_ids": torch.tensor([[5, 5, 5, 15, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}]
+    counts = token_counts(loader, 100)
+    assert counts[5] == 3 and counts[15] == 1 and counts.sum() == 4  # padding excluded
+    plain, _, _ = unit_costs(teacher, model, batches, "fisher")
+    shared, _, _ = unit_costs(teacher, model, batches, "fisher", token_counts=counts)
+    word, rest = slice(0, 10), slice(10, None)  # the table's units come first (model order: arch_groups)
+    noise = torch.stack([subgroup_quant_noise(teacher.bert.embeddings.word_embeddings.weight, 10, b, "minmax")
+                         for b in (2, 4, 8)], 1).numpy()
+    total = (plain[word, 0] / noise[:, 0]).sum()  # the measured Fisher per weight, summed over the blocks
+    per_weight = shared[word, 0] / noise[:, 0]
+    assert per_weight[0] == pytest.approx(0.75 * total) and per_weight[1] == pytest.approx(0.25 * total)
+    assert (shared[word][2:, :3] == 0).all()  # blocks whose tokens never occur cost nothing at any choice
+    np.testing.assert_array_equal(shared[rest], plain[rest])  # the encoder's units unchanged
