@@ -1,0 +1,84 @@
+"""amqs.search.latency: the table's interpolation and the kept heads / neurons against what the export removes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from amqs.export.materialize import materialize
+from amqs.quant import apply_assignment
+from amqs.search.derive import derived_assignment
+from amqs.search.latency import LatencyTable, kept_counts
+from amqs.search.space import load_space
+from amqs.search.supernet import build_supernet, supernet_modules
+from tests.export.test_materialize import calibrate
+from tests.search.test_supernet import one_hot_logits
+from tests.tiny import tiny_bert
+
+
+def table(**kw) -> LatencyTable:
+    """The tiny BERT's geometry: 2 layers, 4 heads, 128 FFN neurons."""
+    d = dict(batch=1, length=8, threads=1, layers=2, num_heads=4, intermediate=128, full_ms=10.0,
+             heads=(0, 2, 4), attn_ms=(4.0, 8.0, 10.0), neurons=(0, 64, 128), ffn_ms=(6.0, 7.0, 10.0))
+    return LatencyTable(**{**d, **kw})
+
+
+def test_prediction_interpolates_adds_layers_and_has_gradients() -> None:
+    t = table()
+    full = t.predict(torch.tensor([4.0, 4.0]), torch.tensor([128.0, 128.0]))
+    assert full.item() == 10.0
+    # every layer at 2 heads is the measured uniform variant; one layer at 2 heads is half its change
+    assert t.predict(torch.tensor([2.0, 2.0]), torch.tensor([128.0, 128.0])).item() == pytest.approx(8.0)
+    assert t.predict(torch.tensor([2.0, 4.0]), torch.tensor([128.0, 128.0])).item() == pytest.approx(9.0)
+    h = torch.tensor([3.0, 4.0], requires_grad=True)
+    f = torch.tensor([32.0, 128.0], requires_grad=True)
+    pred = t.predict(h, f)
+    assert pred.item() == pytest.approx(10 + (9.0 - 10) / 2 + (6.5 - 10) / 2)
+    pred.backward()
+    assert h.grad.tolist() == pytest.approx([1.0 / 2, 1.0 / 2]) and f.grad[0].item() == pytest.approx(1 / 64 / 2)
+
+
+def test_bad_tables_fail_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="heads must be >= 2 ascending points ending at 4"):
+        table(heads=(0, 2), attn_ms=(1.0, 2.0))
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"batch": 1}))
+    with pytest.raises(ValueError, match="not a latency table"):
+        LatencyTable.from_json(path)
+    path.write_text(json.dumps(table().to_dict()))
+    assert LatencyTable.from_json(path) == table()
+
+
+@pytest.mark.parametrize("space_name", ["default", "structured"])
+def test_committed_counts_are_what_the_export_keeps(space_name: str) -> None:
+    model = tiny_bert()
+    space = load_space(space_name)
+    build_supernet(model, space)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, m in supernet_modules(model).items():
+            c = m.choices.tolist()
+            bits = [c[i] for i in torch.randint(0, len(c), (m.num_subgroups,), generator=gen).tolist()]
+            if name.endswith("layer.0.attention.self.value") or name.endswith("layer.0.attention.self.query"):
+                bits = [0] * (m.num_subgroups // 2) + bits[m.num_subgroups // 2:]  # heads 0 and 1 removed
+            m.arch_logits.copy_(one_hot_logits(bits, tuple(c)))
+    heads, neurons = kept_counts(model, table())
+    student = tiny_bert()
+    apply_assignment(student, derived_assignment(model, space))
+    arrays = materialize(calibrate(student))
+    assert heads.tolist() == [float(ly.num_heads) for ly in arrays.layers]
+    assert neurons.tolist() == [float(ly.inter.shape[0]) for ly in arrays.layers]
+    assert heads[0] <= 2
+
+
+def test_expected_counts_are_differentiable_in_the_logits() -> None:
+    model = tiny_bert()
+    build_supernet(model, load_space("default"))
+    heads, neurons = kept_counts(model, table())
+    assert 0 < heads[0] < 4 and 0 < neurons[0] < 128  # near-uniform logits: a quarter of the rows pruned
+    table().predict(heads, neurons).backward()
+    v = supernet_modules(model)["bert.encoder.layer.0.attention.self.value"]
+    assert v.arch_logits.grad is not None and v.arch_logits.grad[:, 0].abs().sum() > 0
