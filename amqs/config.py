@@ -173,6 +173,9 @@ class BudgetConfig:
     # total_compression (the whole model: embeddings, encoder, pooler, classifier)
     kind: str = "compression"
     value: float = 13.0
+    # A latency budget (ms) besides the size budget: the search adds lam * |log(E[T] / latency_ms)| with E[T]
+    # from search.latency_table under softmax(alpha); null: none
+    latency_ms: Optional[float] = None
 
 
 @dataclass
@@ -285,6 +288,9 @@ class SearchHParams:
     entropy_weight: float = 0.0
     size_on: str = "argmax"
     prior: str = "none"  # none | hawq: init_bias on each subgroup's choice in the exact HAWQ allocation (search.hawq)
+    # A LatencyTable JSON (bench/latency_table.py) for budget.latency_ms: the export's latency at one shape and
+    # thread count as a function of the heads and FFN neurons kept (amqs.search.latency)
+    latency_table: Optional[str] = None
     # The architecture optimizer; defaults set in conf/search/*.yaml (AQ-BERT: SGD, lr 0.1).
     arch: ArchitectConfig = field(default_factory=ArchitectConfig)
     # search.method=hawq only: its sensitivity and solver settings (recipe=hawq)

@@ -120,6 +120,27 @@ def kept_counts(model: nn.Module, table: LatencyTable,
     return torch.stack(heads).double(), torch.stack(neurons).double()
 
 
+def check_latency_budget(table: LatencyTable, model: nn.Module, target_ms: float, source: str = "") -> None:
+    """One clear line unless ``table`` describes ``model``'s geometry and ``target_ms`` lies between the fastest
+    architecture the space allows (every prunable head and neuron removed) and the full model.
+
+    Example:
+        >>> check_latency_budget(table, supernet, 12.0)  # doctest: +SKIP
+    """
+    cfg = model.config
+    geometry = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size)
+    if geometry != (table.layers, table.num_heads, table.intermediate):
+        raise ValueError(f"search.latency_table={source}: measured for (layers, heads, FFN) = "
+                         f"{(table.layers, table.num_heads, table.intermediate)}, the model has {geometry}")
+    gone = lambda m: torch.nn.functional.one_hot(  # noqa: E731  every subgroup pruned where it can be
+        torch.zeros(m.num_subgroups, dtype=torch.long), len(m.choices)).double()
+    fastest = float(table.predict(*kept_counts(model, table, gone)))
+    if not fastest <= target_ms <= table.full_ms:
+        raise ValueError(f"budget.latency_ms={target_ms} is outside the feasible range [{fastest:.3f}, "
+                         f"{table.full_ms:.3f}] ms of this space at {table.batch}x{table.length}, "
+                         f"{table.threads} thread(s) (search.latency_table={source})")
+
+
 def _prunable(m: nn.Module | None) -> bool:
     return m is not None and int(m.choices[0]) == 0
 
@@ -139,4 +160,4 @@ def _kept_heads(v: nn.Module, probs: Callable[[nn.Module], Tensor], num_heads: i
     return num_heads - torch.stack(gone).sum()
 
 
-__all__ = ["LatencyTable", "kept_counts"]
+__all__ = ["LatencyTable", "check_latency_budget", "kept_counts"]

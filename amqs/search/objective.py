@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
 from amqs.quant.size import ENCODER_PREFIX, model_size, qparam_bits
+from amqs.search.latency import LatencyTable, kept_counts
 from amqs.search.supernet import arch_entropy, arch_entropy_term, entropy_fraction, supernet_modules
 from amqs.train.losses import LossFn, ce_loss
 
@@ -181,6 +182,9 @@ class SearchObjective:
     size_on: str = "argmax"
     entropy_weight: float = 0.0  # weight of the mean entropy of softmax(alpha) (times entropy_scale)
     entropy_scale: float = 1.0  # set by the search loop: the ramp of the entropy term over the search
+    # A latency budget: lam * |log(E[T] / latency_ms)|, E[T] the table's prediction under softmax(alpha)
+    latency_table: LatencyTable | None = None
+    latency_ms: float | None = None
     # The fixed sizes do not depend on the architecture: walk model_size once per model, not per step.
     _bases: dict[int, SizeBase] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -192,6 +196,14 @@ class SearchObjective:
     def __post_init__(self) -> None:
         if self.size_on not in SIZE_ON:
             raise ValueError(f"search.size_on={self.size_on!r}: use one of {', '.join(SIZE_ON)}")
+        if (self.latency_ms is None) != (self.latency_table is None):
+            raise ValueError("a latency budget needs both budget.latency_ms and search.latency_table")
+
+    def expected_latency(self, model: nn.Module, committed: bool = False) -> Tensor:
+        """``E[T]`` in ms under ``softmax(alpha)`` (or, ``committed``, of the argmax architecture)."""
+        assert self.latency_table is not None
+        probs = _argmax_probs if committed else None
+        return self.latency_table.predict(*kept_counts(model, self.latency_table, probs))
 
     def size_term(self, model: nn.Module) -> Tensor:
         """``L_size`` at the current probabilities (float64 scalar)."""
@@ -210,6 +222,9 @@ class SearchObjective:
         else:
             task = self.task_loss(model, batch)  # type: ignore[arg-type]
             loss = task + self.lam * size.to(task.device, task.dtype)
+        if self.latency_ms is not None:
+            t = self.expected_latency(model)
+            loss = loss + self.lam * size_loss(t, float(t.detach()), self.latency_ms, 0.0).to(loss.device, loss.dtype)
         if self.entropy_weight:
             loss = loss + self.entropy_weight * self.entropy_scale * arch_entropy_term(model).to(loss.device, loss.dtype)
         return loss
@@ -228,6 +243,10 @@ class SearchObjective:
             "arch_entropy": arch_entropy(model),
             "in_budget": float(abs(current - self.target_bytes) <= self.eps * self.target_bytes),
             **self.decision(model),
+            **({} if self.latency_ms is None else {
+                "expected_latency_ms": self.expected_latency(model).item(),
+                "argmax_latency_ms": self.expected_latency(model, committed=True).item(),
+                "target_latency_ms": self.latency_ms}),
         }
 
     @torch.no_grad()
@@ -235,6 +254,10 @@ class SearchObjective:
         """How decided the search is now (:func:`decision_stats` at this objective's target)."""
         committed = expected_size_bits(model, self.encoder_prefix, self._base(model), noise_free=True).item() / 8
         return decision_stats(model, committed, self.target_bytes)
+
+
+def _argmax_probs(m: nn.Module) -> Tensor:
+    return nn.functional.one_hot(m.arch_logits.detach().argmax(-1), m.arch_logits.shape[1]).double()
 
 
 def decision_stats(model: nn.Module, committed_bytes: float, target_bytes: float) -> dict[str, float]:

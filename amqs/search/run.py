@@ -50,6 +50,7 @@ from amqs.quant import BitAssignment, pruned_fraction, weight_bits_of
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.derive import derived_assignment
 from amqs.search.diagnostics import decision_metrics
+from amqs.search.latency import LatencyTable, check_latency_budget
 from amqs.search.objective import Budget, SearchObjective, ce_loss, resolve_budget
 from amqs.search.space import SearchSpace, load_space
 from amqs.search.supernet import (TemperatureSchedule, arch_entropy, arch_parameters, build_supernet,
@@ -197,9 +198,17 @@ def _objective(cfg: DictConfig, model: nn.Module, space: SearchSpace) -> SearchO
     """The architecture loss ``CE + lam * L_size`` for the budget (``ValueError`` when it is infeasible)."""
     budget = search_budget(cfg)
     target = resolve_budget(budget, model, space.encoder_prefix)
+    table, latency = None, cfg.budget.get("latency_ms")
+    if latency is not None or cfg.search.get("latency_table"):
+        if latency is None or not cfg.search.get("latency_table"):
+            raise UserError("a latency budget needs both budget.latency_ms=<ms> and search.latency_table=<json> "
+                            "(bench/latency_table.py build writes one)")
+        table = LatencyTable.from_json(cfg.search.latency_table)
+        check_latency_budget(table, model, float(latency), cfg.search.latency_table)
     return SearchObjective(target_bytes=target, lam=cfg.search.lam, eps=cfg.search.eps, task_loss=ce_loss,
                            encoder_prefix=budget.prefix(space.encoder_prefix), size_on=cfg.search.size_on,
-                           entropy_weight=cfg.search.entropy_weight)
+                           entropy_weight=cfg.search.entropy_weight, latency_table=table,
+                           latency_ms=None if latency is None else float(latency))
 
 
 def _schedule(cfg: DictConfig) -> TemperatureSchedule:

@@ -73,7 +73,8 @@ _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, (
                     ("search", "arch", "every"): 1, ("search", "method"): "darts",
                     ("search", "hawq"): _HAWQ_DEFAULTS,
                     ("search", "t_final"): None, ("search", "hard_from"): None, ("search", "entropy_weight"): 0.0,
-                    ("search", "size_on"): "argmax", ("search", "prior"): "none", ("train", "init"): "rtn"}
+                    ("search", "size_on"): "argmax", ("search", "prior"): "none", ("train", "init"): "rtn",
+                    ("budget", "latency_ms"): None, ("search", "latency_table"): None}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed

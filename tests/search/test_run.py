@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import amqs.search.run as search_run
 import amqs.train.qat as qat
@@ -194,6 +194,29 @@ def test_infeasible_budget_fails_before_training(search_cfg: DictConfig) -> None
     search_cfg.budget.value = 1000.0
     with pytest.raises(ValueError, match="feasible range"):
         search_app(search_cfg)
+
+
+def test_a_latency_budget_pulls_the_expected_latency_down(search_cfg: DictConfig, tmp_path: Path) -> None:
+    from amqs.search.latency import LatencyTable
+
+    # the smoke model's geometry (2 layers, 4 heads, FFN 128): heads and neurons cost what they cost in ORT
+    table = LatencyTable(1, 128, 1, 2, 4, 128, 10.0, (0, 4), (7.0, 10.0), (0, 128), (8.0, 10.0))
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table.to_dict()))
+    cfg = search_cfg.copy()
+    cfg.search.arch.every = 1
+    with pytest.raises(UserError, match="needs both budget.latency_ms"):
+        search_run.search(OmegaConf.merge(cfg, {"budget": {"latency_ms": 8.0}}), tmp_path / "runs" / "x")
+    with pytest.raises(ValueError, match=r"latency_ms=1.0 is outside the feasible range \[5.000, 10.000\] ms"):
+        search_run.search(OmegaConf.merge(cfg, {"budget": {"latency_ms": 1.0}, "search": {"latency_table": str(path)}}),
+                          tmp_path / "runs" / "x")
+    cfg = OmegaConf.merge(cfg, {"budget": {"latency_ms": 7.0}, "search": {"latency_table": str(path)}})
+    out = tmp_path / "runs" / "latency"
+    out.mkdir(parents=True)
+    search_run.search(cfg, out)
+    log = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()]
+    assert log[-1]["target_latency_ms"] == 7.0
+    assert log[-1]["expected_latency_ms"] < log[0]["expected_latency_ms"]  # the latency term pulls it down
 
 
 def test_the_lkd_start_fits_the_supernet_weights_and_keeps_its_logits(search_cfg: DictConfig) -> None:
