@@ -83,9 +83,10 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
                 if cfg.train.use_search_val else splits["train"])
     model, tokenizer = load_classifier(cfg.model, task.num_labels)
     train_loader = make_loader(train_ds, tokenizer, max_length=cfg.data.max_length,
-                               batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+                               batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                               progress=cfg.train.progress)
     dev_loader = make_loader(splits["dev"], tokenizer, max_length=cfg.data.max_length,
-                             batch_size=cfg.train.eval_batch_size, shuffle=False)
+                             batch_size=cfg.train.eval_batch_size, shuffle=False, progress=cfg.train.progress)
     log.info("fine-tuning %s on %s: %d train rows, %d dev rows -> %s",
              cfg.model.source, task.name, len(train_ds), len(splits["dev"]), out)
     result = fit(model, train_loader, cfg.train, ckpt_dir=ckpt, log_file=out / "train_log.jsonl",

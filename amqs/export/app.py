@@ -126,7 +126,8 @@ def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threa
     if threads:
         torch.set_num_threads(threads)
     dev = load_glue(cfg.data)["dev"]
-    loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False)
+    loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False,
+                         progress=cfg.train.progress)
     torch_logits, labels = predict(student, loader)
     ort_logits = torch.from_numpy(exported.predict_loader(loader))  # the same batches, tokenized once
     diff = (ort_logits - torch_logits).abs().amax(dim=-1)  # per example
