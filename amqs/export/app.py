@@ -111,10 +111,10 @@ def exported_config(config: Any, arrays: BertArrays, task: str) -> dict[str, Any
 
     Example::
 
-        cfg = exported_config(student.config, materialize(student), "sst2")  # head 1 and 32 neurons of layer 0 gone
-        cfg["pruned_heads"], cfg["amqs"]                     # ({"0": [1]}, {"num_attention_heads": [3, 4],
-                                                             #   "attention_head_size": 16, "intermediate_size": [96, 128]})
-        cfg["id2label"]                                      # {"0": "negative", "1": "positive"}
+        cfg = exported_config(student.config, materialize(student), "sst2")  # head 1, 32 neurons of layer 0 gone
+        cfg["pruned_heads"]  # {"0": [1]}
+        cfg["amqs"]  # {"num_attention_heads": [3, 4], "attention_head_size": 16, "intermediate_size": [96, 128]}
+        cfg["id2label"]  # {"0": "negative", "1": "positive"}
     """
     config = copy.deepcopy(config)
     labels = label_names(config, task)
