@@ -28,9 +28,10 @@ from amqs.train import evaluate, fit, seed_everything
 from amqs.train.precision import pin_precision
 from amqs.utils.cli import user_errors
 from amqs.utils.dist import resolve_device
-from amqs.utils.run import (check_results_dir, check_writable, command_line, config_hash, git_revision,
-                            prepare_run_dir, relative_run, save_config, table_row, upsert_csv, write_json)
+from amqs.utils.run import (check_results_dir, check_writable, config_hash, git_revision, prepare_run_dir,
+                            relative_run, save_config, table_row, upsert_csv, write_json)
 from amqs.utils.provenance import data_fingerprint, provenance
+from amqs.utils.sweep import hydra_job
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,8 @@ register_configs()
 
 @hydra.main(config_path=str(CONF_DIR), config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     with user_errors("amqs-finetune"):
-        run(cfg, command=command_line("amqs-finetune", HydraConfig.get().overrides.task))
+        run(cfg, command=hydra_job(cfg, "amqs-finetune", teacher_dir))
 
 
 if __name__ == "__main__":
