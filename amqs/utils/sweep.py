@@ -26,9 +26,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig
 
 from amqs.utils.run import command_line
 
@@ -84,9 +85,9 @@ def swept_keys(master_file: Path) -> Optional[set[str]]:
 
     if not master_file.is_file():
         return None
-    hydra = OmegaConf.load(master_file).hydra
-    params: Any = OmegaConf.to_container(hydra.sweeper, resolve=False).get("params") or {}
-    lines = [f"{k}={v}" for k, v in params.items()] + OmegaConf.to_container(hydra.overrides.task, resolve=False)
+    hydra = yaml.safe_load(master_file.read_text())["hydra"]  # plain YAML: its interpolations stay text
+    params = (hydra.get("sweeper") or {}).get("params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(hydra["overrides"]["task"])
     return {o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()}
 
 
