@@ -28,9 +28,10 @@ from amqs.train import evaluate, fit, seed_everything
 from amqs.train.precision import pin_precision
 from amqs.utils.cli import user_errors
 from amqs.utils.dist import resolve_device
-from amqs.utils.run import (check_results_dir, check_writable, command_line, config_hash, git_revision,
-                            prepare_run_dir, relative_run, save_config, table_row, upsert_csv, write_json)
+from amqs.utils.run import (check_results_dir, check_writable, config_hash, git_revision, prepare_run_dir,
+                            relative_run, save_config, table_row, upsert_csv, write_json)
 from amqs.utils.provenance import data_fingerprint, provenance
+from amqs.utils.sweep import hydra_job
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,10 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
                 if cfg.train.use_search_val else splits["train"])
     model, tokenizer = load_classifier(cfg.model, task.num_labels)
     train_loader = make_loader(train_ds, tokenizer, max_length=cfg.data.max_length,
-                               batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+                               batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                               progress=cfg.train.progress)
     dev_loader = make_loader(splits["dev"], tokenizer, max_length=cfg.data.max_length,
-                             batch_size=cfg.train.eval_batch_size, shuffle=False)
+                             batch_size=cfg.train.eval_batch_size, shuffle=False, progress=cfg.train.progress)
     log.info("fine-tuning %s on %s: %d train rows, %d dev rows -> %s",
              cfg.model.source, task.name, len(train_ds), len(splits["dev"]), out)
     result = fit(model, train_loader, cfg.train, ckpt_dir=ckpt, log_file=out / "train_log.jsonl",
@@ -116,10 +118,8 @@ register_configs()
 
 @hydra.main(config_path=str(CONF_DIR), config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     with user_errors("amqs-finetune"):
-        run(cfg, command=command_line("amqs-finetune", HydraConfig.get().overrides.task))
+        run(cfg, command=hydra_job(cfg, "amqs-finetune", teacher_dir))
 
 
 if __name__ == "__main__":

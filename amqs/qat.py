@@ -25,7 +25,8 @@ from amqs.quant.assignment import BitAssignment
 from amqs.train.qat import run_qat
 from amqs.train.staged import run_staged
 from amqs.utils.cli import user_errors
-from amqs.utils.run import check_results_dir, check_writable, command_line, table_row, upsert_csv
+from amqs.utils.run import check_results_dir, check_writable, run_dir, table_row, upsert_csv
+from amqs.utils.sweep import hydra_job
 
 BASELINE_COLUMNS = ("run", "task", "model", "method", "weight_bits", "act_bits", "emb_bits", "encoder_bytes",
                     "total_bytes", "compression", "dev_accuracy", "dev_f1", "train_examples", "epochs", "seconds",
@@ -79,10 +80,8 @@ register_configs()
 
 @hydra.main(config_path=str(CONF_DIR), config_name="qat", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     with user_errors("amqs-qat"):
-        run(cfg, command=command_line("amqs-qat", HydraConfig.get().overrides.task))
+        run(cfg, command=hydra_job(cfg, "amqs-qat", run_dir))
 
 
 if __name__ == "__main__":

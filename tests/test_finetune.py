@@ -38,6 +38,7 @@ def test_cli_smoke(tmp_path: Path, glue_dir: Path) -> None:
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tokenize:" not in proc.stderr and "%|" not in proc.stderr  # debug=smoke sets train.progress=false
     metrics = json.loads((tmp_path / "teachers" / "bert-tiny-mrpc" / "metrics.json").read_text())
     assert metrics["dev_f1"] is not None and metrics["command"].startswith("amqs-finetune debug=smoke data=mrpc")
 

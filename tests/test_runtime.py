@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from transformers import AutoConfig, BertForSequenceClassification
 
 from amqs.export.app import export_run, load_run, main as export_main, resolve_run
 from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, ExportError, load_session, read_export_meta
@@ -128,6 +130,39 @@ def test_exported_model_predicts_raw_texts_like_pytorch(tiny: TinyExports) -> No
     np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
     # one at a time (no padding) gives the same logits as padded batches
     np.testing.assert_allclose(m.predict_logits(texts, batch_size=1), logits, rtol=0, atol=1e-6)
+
+
+def _bias_lengths(export: Path) -> dict[str, int]:
+    """Length of every stored bias of the exported graph, by module name (the graph builder numbers its names)."""
+    model = onnx.load(str(export / MODEL_FILE))
+    return {t.name.rsplit("_", 1)[0][:-len(".bias")]: int(t.dims[0]) for t in model.graph.initializer
+            if t.name.rsplit("_", 1)[0].endswith(".bias")}
+
+
+@pytest.mark.parametrize("which", ["quant", "fp32"])
+def test_export_config_describes_the_exported_graph(tiny: TinyExports, which: str) -> None:
+    """config.json says what the graph computes with: per layer the heads and FFN width of the ONNX tensors, the
+    removed head in HF's pruned_heads (which BertConfig reads and prunes by), and SST-2's label names (the tiny
+    teacher has only HF's LABEL_<i>)."""
+    export = tiny.quant_export if which == "quant" else tiny.fp32_export
+    config = json.loads((export / "config.json").read_text())
+    heads, inter = config["amqs"]["num_attention_heads"], config["amqs"]["intermediate_size"]
+    if which == "quant":
+        assert config["pruned_heads"] == {"0": [PRUNED_HEAD]}
+        assert heads == [3, 4] and inter == [128 - len(PRUNED_FFN_ROWS), 128]
+    else:
+        assert "pruned_heads" not in config and heads == [4, 4] and inter == [128, 128]
+    biases, d = _bias_lengths(export), config["amqs"]["attention_head_size"]
+    for i in range(config["num_hidden_layers"]):
+        p = f"bert.encoder.layer.{i}."
+        assert [biases[p + f"attention.self.{m}"] for m in ("query", "key", "value")] == [heads[i] * d] * 3
+        assert biases[p + "intermediate.dense"] == inter[i]
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    hf = AutoConfig.from_pretrained(export)  # what Optimum and transformers read
+    assert hf.model_type == "bert" and hf.id2label == {0: "negative", 1: "positive"}
+    pruned = BertForSequenceClassification(hf).bert.encoder.layer[0].attention.self
+    assert pruned.query.out_features == heads[0] * d and pruned.num_attention_heads == heads[0]
 
 
 def test_fp32_export_matches_the_fp32_run(tiny: TinyExports) -> None:

@@ -40,6 +40,7 @@ class TaskSpec:
     tsv_text: tuple[str, ...]  # text columns in the TSV (one or two)
     tsv_label: str
     hub_text: tuple[str, ...]
+    label_names: tuple[str, ...] = ()  # label i's name (GLUE's), for the configs others read (an export's)
     num_labels: int = 2
     metrics: tuple[str, ...] = ("accuracy",)
 
@@ -53,6 +54,7 @@ TASKS: dict[str, TaskSpec] = {
         tsv_text=("sentence",),
         tsv_label="label",
         hub_text=("sentence",),
+        label_names=("negative", "positive"),
     ),
     "mrpc": TaskSpec(
         name="mrpc",
@@ -62,6 +64,7 @@ TASKS: dict[str, TaskSpec] = {
         tsv_text=("#1 String", "#2 String"),
         tsv_label="Quality",
         hub_text=("sentence1", "sentence2"),
+        label_names=("not_equivalent", "equivalent"),
         metrics=("accuracy", "f1"),
     ),
 }

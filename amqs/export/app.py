@@ -2,7 +2,8 @@
 
 RUN_DIR is a run folder (``results/runs/<name>``; for a search run its ``retrain/`` is used) holding
 ``student.pt``, ``config.yaml`` and, for a quantized model, ``bits.json``. DIR receives
-``model.onnx``, ``export.json``, the HF config and tokenizer, ``bits.json`` and ``metrics.json``
+``model.onnx``, ``export.json``, the HF ``config.json`` (of the exported shapes: see :func:`exported_config`) and
+tokenizer, ``bits.json`` and ``metrics.json``
 (the run's metrics plus the export's: file and accounted bytes, removed neurons/heads, and with
 ``--eval`` the dev accuracy of the fake-quantized PyTorch model and of the exported model and their
 largest logit difference). With ``--eval`` a row is also written to ``<results>/exports.csv``.
@@ -11,6 +12,8 @@ largest logit difference). With ``--eval`` a row is also written to ``<results>/
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
 import shutil
 import sys
@@ -24,7 +27,7 @@ from onnx import numpy_helper
 import torch
 
 from amqs.export.graph import build_model
-from amqs.export.materialize import materialize
+from amqs.export.materialize import BertArrays, materialize
 from amqs.quant import BitAssignment, model_size, pruned_fraction
 from amqs.quant.size import ENCODER_PREFIX
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
@@ -58,8 +61,6 @@ def resolve_run(run_dir: Path) -> Path:
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssignment], dict]:
     """``(student, tokenizer, cfg, assignment, metrics)`` of a finished run, weights loaded."""
-    import json
-
     from amqs.data.glue import get_task
     from amqs.train.qat import STUDENT_FILE, load_teacher, quantize_student
 
@@ -84,6 +85,48 @@ def initializer_bytes(model: onnx.ModelProto, prefix: str) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name.startswith(prefix))
 
 
+def label_names(config: Any, task: str) -> dict[int, str]:
+    """The model's ``id2label``, or the GLUE task's label names where the model has only HF's ``LABEL_<i>``.
+
+    Example:
+        >>> from transformers import BertConfig
+        >>> label_names(BertConfig(), "sst2"), label_names(BertConfig(id2label={0: "no", 1: "yes"}), "sst2")
+        ({0: 'negative', 1: 'positive'}, {0: 'no', 1: 'yes'})
+    """
+    from amqs.data.glue import get_task
+
+    names = {int(i): str(n) for i, n in config.id2label.items()}
+    task_names = get_task(task).label_names
+    if names == {i: f"LABEL_{i}" for i in range(len(names))} and len(task_names) == len(names):
+        return dict(enumerate(task_names))
+    return names
+
+
+def exported_config(config: Any, arrays: BertArrays, task: str) -> dict[str, Any]:
+    """The HF ``config.json`` of an export: the model's config, describing the graph the export holds.
+
+    Removed heads are HF's ``pruned_heads`` (``{layer: [original head ids]}``, which ``BertConfig`` reads and
+    prunes by); what HF cannot say (per-layer FFN widths) is under ``amqs``: per layer the heads and the
+    intermediate size the graph computes with. ``id2label``/``label2id`` are always written (:func:`label_names`).
+
+    Example::
+
+        cfg = exported_config(student.config, materialize(student), "sst2")  # head 1, 32 neurons of layer 0 gone
+        cfg["pruned_heads"]  # {"0": [1]}
+        cfg["amqs"]  # {"num_attention_heads": [3, 4], "attention_head_size": 16, "intermediate_size": [96, 128]}
+        cfg["id2label"]  # {"0": "negative", "1": "positive"}
+    """
+    config = copy.deepcopy(config)
+    labels = label_names(config, task)
+    config.id2label, config.label2id = labels, {n: i for i, n in labels.items()}
+    config.pruned_heads = {i: ly.removed_heads for i, ly in enumerate(arrays.layers) if ly.removed_heads}
+    config.amqs = {"num_attention_heads": [ly.num_heads for ly in arrays.layers],
+                   "attention_head_size": arrays.layers[0].head_dim,
+                   "intermediate_size": [ly.inter.shape[0] for ly in arrays.layers]}
+    out = json.loads(config.to_json_string())  # what save_pretrained writes: the keys that differ from defaults
+    return {**out, "id2label": {str(i): n for i, n in labels.items()}, "label2id": config.label2id}
+
+
 def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, max_length: int,
                  remove_pruned: bool = True, meta: Optional[dict] = None) -> dict[str, Any]:
     """Write ``out/`` (model.onnx, export.json, config, tokenizer); return the export facts."""
@@ -94,7 +137,7 @@ def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, m
     tmp = out / (MODEL_FILE + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(out / MODEL_FILE)
-    student.config.save_pretrained(out)
+    write_json(out / "config.json", exported_config(student.config, arrays, task))
     tokenizer.save_pretrained(out)
     inter = sum(ly.inter.shape[0] + ly.removed_neurons for ly in arrays.layers)
     size = model_size(student)
@@ -126,7 +169,8 @@ def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threa
     if threads:
         torch.set_num_threads(threads)
     dev = load_glue(cfg.data)["dev"]
-    loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False)
+    loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False,
+                         progress=cfg.train.progress)
     torch_logits, labels = predict(student, loader)
     ort_logits = torch.from_numpy(exported.predict_loader(loader))  # the same batches, tokenized once
     diff = (ort_logits - torch_logits).abs().amax(dim=-1)  # per example

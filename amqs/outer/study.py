@@ -26,6 +26,7 @@ splits and the teacher from disk (seconds, against minutes of search and retrain
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -35,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -113,6 +114,15 @@ def trial_name(number: int) -> str:
     return f"trial_{number:04d}"
 
 
+@contextlib.contextmanager
+def _experimental() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning: amqs relies on heartbeats (experimental since Optuna 2.9) and metric
+    names (since 3.2), and says nothing a user could act on by repeating the warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def make_storage(url: str, heartbeat_interval: int, grace_period: int,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (SQLite waits for the file lock instead of failing).
@@ -127,8 +137,7 @@ def make_storage(url: str, heartbeat_interval: int, grace_period: int,
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
     for attempt in range(5):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with _experimental():  # heartbeats
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                                                   grace_period=grace_period, heartbeat_stale_trial_callback=on_stale)
         except (sqlalchemy.exc.ArgumentError, ImportError) as e:
@@ -258,10 +267,19 @@ def _open(cfg: DictConfig, setup: StudySetup) -> optuna.Study:
         raise ValueError(f"study {outer.name!r} in {_safe(url)} was made with another config, search space "
                          f"or objectives ({stamped} != {fp}): its trials would not be comparable. Use the "
                          "original settings, or a new outer.name.")
+    _name_metrics(study, setup.objectives)
     # Resumed and concurrent workers must not replay the first trials' random samples.
     seed = None if outer.seed is None else outer.seed + len(study.trials)
     study.sampler = make_sampler(outer.sampler, seed)
     return study
+
+
+def _name_metrics(study: optuna.Study, objectives: list[str]) -> None:
+    """Name the study's values after its objectives, so ``optuna.load_study(...).metric_names`` (and Optuna's
+    dashboard and plots) say what each one is; a study made before amqs named them gets the names on resume."""
+    if study.metric_names is None:
+        with _experimental():
+            study.set_metric_names(list(objectives))
 
 
 def _safe(url: str) -> str:
@@ -272,8 +290,7 @@ def _safe(url: str) -> str:
 
 
 def _fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with _experimental():
         optuna.storages.fail_stale_trials(study)
 
 

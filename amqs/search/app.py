@@ -5,6 +5,7 @@
     amqs-search debug=smoke                                     # tiny model, seconds
     torchrun --nproc_per_node=2 -m amqs.search.app debug=smoke  # the search on 2 processes (gloo on CPU)
     amqs-search outer=optuna debug=smoke                        # an Optuna study (amqs.outer.study)
+    amqs-search -m search.lam=1,50 debug=smoke                  # a sweep: a run folder per job (amqs.utils.sweep)
 
 Writes ``<paths.results_dir>/runs/<name>/`` (see amqs.search.run; default ``outputs/runs/<task>-<model>-<space>-
 <budget>``) and its row of ``<paths.results_dir>/search.csv``; with ``outer=...``, a study in
@@ -24,8 +25,8 @@ from amqs.outer.study import run_study
 from amqs.search.run import run_search
 from amqs.train.distill import distill_label
 from amqs.utils.cli import user_errors
-from amqs.utils.run import (check_results_dir, check_writable, command_line, relative_run, run_dir, table_row,
-                            upsert_csv)
+from amqs.utils.run import check_results_dir, check_writable, relative_run, run_dir, table_row, upsert_csv
+from amqs.utils.sweep import hydra_job
 
 SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
                   "encoder_bytes", "compression", "total_bytes", "total_compression", "size_scope", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",
@@ -58,10 +59,8 @@ register_configs()
 
 @hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     with user_errors("amqs-search"):
-        run(cfg, command=command_line("amqs-search", HydraConfig.get().overrides.task))
+        run(cfg, command=hydra_job(cfg, "amqs-search", run_dir))
 
 
 if __name__ == "__main__":

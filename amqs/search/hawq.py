@@ -290,7 +290,8 @@ def hawq_allocation(cfg: DictConfig, teacher: nn.Module, model: nn.Module, space
     budget = search_budget(cfg)
     target = resolve_budget(budget, model, space.encoder_prefix)  # fails early on an infeasible budget
     loader = make_loader(train, tokenizer, max_length=cfg.data.max_length,
-                         batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+                         batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                         progress=cfg.train.progress)
     batches = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(loader, h.batches)]
     t_sens = time.perf_counter()
     counts = None

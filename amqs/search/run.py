@@ -189,7 +189,8 @@ def _start_weights(cfg: DictConfig, model: nn.Module, teacher: nn.Module, splits
     if check_init(cfg.train.init) == "rtn":
         return
     loader = make_loader(splits["train"], tokenizer, max_length=cfg.data.max_length,
-                         batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+                         batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                         progress=cfg.train.progress)
     fitted = lkd_start(cfg, model, teacher, loader, device, exclude=arch_parameters(model))
     log.info("supernet start: %d blocks reconstructed in %.0f s", len(fitted["blocks"]), fitted["seconds"])
 
@@ -242,7 +243,7 @@ def _loaders(cfg: DictConfig, splits: dict, tokenizer: Any, rank: int, world: in
     """Shuffled, resumable loaders of this rank's shard of the train and search-validation splits."""
     mk = lambda split, seed: make_loader(splits[split], tokenizer, max_length=cfg.data.max_length,  # noqa: E731
                                          batch_size=cfg.train.batch_size, shuffle=True, seed=seed,
-                                         rank=rank, world_size=world)
+                                         rank=rank, world_size=world, progress=cfg.train.progress)
     return mk("train", cfg.train.seed), mk("search_val", cfg.train.seed + 1)
 
 

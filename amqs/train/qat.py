@@ -317,7 +317,7 @@ class _Loaders:
         c = self.cfg
         return make_loader(self.splits[split], self.tokenizer, max_length=c.data.max_length,
                            batch_size=c.train.batch_size if train else c.train.eval_batch_size, shuffle=train,
-                           seed=c.train.seed)
+                           seed=c.train.seed, progress=c.train.progress)
 
 
 def build_student(cfg: DictConfig, teacher: nn.Module, assignment: Optional[BitAssignment],

@@ -58,3 +58,15 @@ def test_resumable_sampler_pads_shards_like_distributed_sampler(n: int, world: i
         s = ResumableSampler(n, seed=3, rank=rank, world_size=world)
         s.set_epoch(0, skip=1)
         assert list(s) == shard[1:] and len(s) == len(shard) - 1
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_tokenizing_prints_a_progress_bar_only_with_progress_on(progress: bool, capfd: pytest.CaptureFixture) -> None:
+    """train.progress=false silences the datasets library's map bar ("tokenize: 100%|...") and leaves the global
+    setting as it was."""
+    tok = load_tokenizer("embedded:minilm")
+    capfd.readouterr()
+    batch = next(iter(make_loader(_ds(True), tok, max_length=16, batch_size=3, shuffle=False, progress=progress)))
+    assert batch["input_ids"].shape[0] == 3
+    assert ("tokenize:" in capfd.readouterr().err) == progress
+    assert not datasets.are_progress_bars_disabled()

@@ -54,6 +54,7 @@ def test_smoke_study_end_to_end_then_report(overrides: list[str], tmp_path: Path
     folder = tmp_path / "studies" / STUDY
     study = _load(tmp_path)
     assert summary["complete"] + summary["pruned"] == 2 == len(study.trials)
+    assert study.metric_names == ["search_val_accuracy", "encoder_bytes"]  # what Optuna's tools show
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert done, "the first trial cannot be pruned (nothing to compare with)"
     for t in done:  # the objective is search-val; dev is only reported
@@ -121,17 +122,20 @@ def test_an_infeasible_budget_range_fails_before_any_trial(overrides: list[str],
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the dead worker's ask() below
 def test_a_stale_running_trial_is_failed_and_the_study_completes(overrides: list[str], tmp_path: Path) -> None:
-    # A worker that died mid-trial: its trial is RUNNING with a last heartbeat and nobody finishing it.
+    # A worker that died mid-trial: its trial is RUNNING with a last heartbeat and nobody finishing it. Its study
+    # has no metric names, like one made before amqs named them: the resumed study gets them.
     folder = tmp_path / "studies" / STUDY
     folder.mkdir(parents=True)
     storage = make_storage(f"sqlite:///{folder / 'study.db'}", heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(study_name=STUDY, storage=storage, directions=["maximize", "minimize"])
     dead = study.ask()
     storage.record_heartbeat(dead._trial_id)
+    assert study.metric_names is None
     t0 = time.monotonic()
     summary = run_study(compose_cfg("search", overrides + ["outer.n_trials=1"]))
     states = {t.number: t.state for t in _load(tmp_path).trials}
     assert states == {0: TrialState.FAIL, 1: TrialState.COMPLETE}
+    assert _load(tmp_path).metric_names == ["search_val_accuracy", "encoder_bytes"]
     assert summary["fail"] == 1 and summary["complete"] == 1
     assert time.monotonic() - t0 >= 3  # it waited for the grace period: a live worker is not robbed
 
