@@ -4,8 +4,9 @@
 int8 path) and exported with every layer at h heads (the value rows of the first H - h heads pruned, which the
 export removes) or at f FFN neurons, the rest full; all variants timed interleaved with the full model at each
 shape and thread count; one LatencyTable JSON per shape and thread count into --out.
-``check``: each export's kept heads and FFN neurons per layer (its bits.json), the table's prediction, and the
-export timed interleaved with the table's full model: the prediction error of the ratio to the full model (the
+``check``: each export's kept heads and FFN neurons per layer (its bits.json; ``--random N`` adds N exports of
+the table's model with random heads and neurons per layer), the table's prediction, and the export timed
+interleaved with the table's full model: the prediction error of the ratio to the full model (the
 ratio, as every speed here, is what a noisy machine can measure) into <out>/check.csv.
 
     python bench/latency_table.py build --model ../shared/models/minilm-l6-sst2 --out results/latency
@@ -38,16 +39,16 @@ from amqs.utils.run import write_json  # noqa: E402
 FULL = "full"
 
 
-def variant(model: torch.nn.Module, heads: int, neurons: int) -> BitAssignment:
-    """w8a8 with the value rows of the first H - heads heads and the first F - neurons FFN rows of every layer
+def variant(model: torch.nn.Module, heads: list[int], neurons: list[int]) -> BitAssignment:
+    """w8a8 with the value rows of the first H - heads[l] heads and the first F - neurons[l] FFN rows of layer l
     pruned (one subgroup per row of those matrices)."""
     cfg = model.config
     a = uniform_assignment(model, DEFAULT_LINEAR_PATTERNS, 8, num_subgroups={r".*": 1}, act_bits=8)
     head_dim, bits = cfg.hidden_size // cfg.num_attention_heads, {}
     for layer in range(cfg.num_hidden_layers):
-        gone = (cfg.num_attention_heads - heads) * head_dim
+        gone = (cfg.num_attention_heads - heads[layer]) * head_dim
         bits[VALUE.format(layer)] = [0] * gone + [8] * (cfg.hidden_size - gone)
-        bits[INTER.format(layer)] = [0] * (cfg.intermediate_size - neurons) + [8] * neurons
+        bits[INTER.format(layer)] = [0] * (cfg.intermediate_size - neurons[layer]) + [8] * neurons[layer]
     modules = dict(a.modules)
     for name, b in bits.items():
         old = a.modules[name]
@@ -55,16 +56,21 @@ def variant(model: torch.nn.Module, heads: int, neurons: int) -> BitAssignment:
     return BitAssignment(modules=modules, scheme=a.scheme, act_bits=a.act_bits)
 
 
-def export_variant(source: str, heads: int, neurons: int, out: Path) -> Path:
+def export_variant(source: str, heads: int | list[int], neurons: int | list[int], out: Path) -> Path:
+    """The export of :func:`variant` (an int: every layer the same), with its bits.json; reused when present."""
     if (out / "model.onnx").exists():
         return out
     model, tokenizer = load_classifier(ModelConfig(name="latency", source=source), 2)
-    apply_assignment(model, variant(model, heads, neurons))
+    layers = model.config.num_hidden_layers
+    a = variant(model, [heads] * layers if isinstance(heads, int) else heads,
+                [neurons] * layers if isinstance(neurons, int) else neurons)
+    apply_assignment(model, a)
     model.train()
     with torch.no_grad():  # calibrate the activation ranges (values do not matter for timing)
         ids = torch.randint(1000, model.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    export_model(model.eval(), tokenizer, out, task="latency", max_length=128)
+    export_model(model.eval(), tokenizer, out, task="sst2", max_length=128)  # any 2-label task: timing only
+    a.to_json(out / "bits.json")
     return out
 
 
@@ -106,11 +112,20 @@ def kept(export: Path, table: LatencyTable) -> tuple[torch.Tensor, torch.Tensor]
     return torch.tensor(heads, dtype=torch.float64), torch.tensor(neurons, dtype=torch.float64)
 
 
+def random_variants(table: LatencyTable, model: str, n: int, work: Path) -> list[Path]:
+    """``n`` exports of ``model`` with random heads and FFN neurons per layer (seeded): layers that differ."""
+    rng = np.random.default_rng(0)
+    return [export_variant(model, rng.integers(0, table.num_heads + 1, table.layers).tolist(),
+                           (rng.integers(0, 25, table.layers) * table.intermediate // 24).tolist(), work / f"random{i}")
+            for i in range(n)]
+
+
 def check(args: argparse.Namespace) -> None:
     table = LatencyTable.from_json(args.table)
     full = args.table.parent / "variants" / FULL
+    exports = list(args.exports) + random_variants(table, table.meta["model"], args.random, args.table.parent / "variants")
     rows = []
-    for export in args.exports:
+    for export in exports:
         heads, neurons = kept(export, table)
         predicted = float(table.predict(heads, neurons)) / table.full_ms
         times = time_exports({"export": export, FULL: full}, batch=table.batch, length=table.length,
@@ -136,7 +151,8 @@ def main() -> None:
     b.add_argument("--threads", default="1,2")
     c = sub.add_parser("check")
     c.add_argument("--table", type=Path, required=True)
-    c.add_argument("exports", type=Path, nargs="+")
+    c.add_argument("exports", type=Path, nargs="*", help="export folders (amqs-export, with their bits.json)")
+    c.add_argument("--random", type=int, default=0, help="also N exports of the table's model, random per layer")
     for q in (b, c):
         q.add_argument("--warmup", type=int, default=5)
         q.add_argument("--rounds", type=int, default=50)
