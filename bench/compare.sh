@@ -6,6 +6,7 @@
 # start, 1 thread; SST-2: 16,000 train examples, 1 retrain epoch (the searches spend 0.5 epoch more on the
 # search); MRPC: its whole train split, 3 epochs (search 1 epoch) -- at seeds 42 and 43 (train.seed). Methods:
 #   search          amqs-search, conf/search/default.yaml          search-ternary  the same in search_spaces/ternary
+#   search-b05      the search with the HAWQ prior's bias at 0.5 (search.init_bias): at 2 it keeps HAWQ's allocation
 #   hawq            amqs-search recipe=hawq (sensitivity + ILP)    random          the search's bits shuffled per matrix
 #   w4a8 / w2a8     the uniform model nearest in size              qbert           Q-BERT's per-layer bits (13x)
 #   ternarybert / binarybert  the ~15x recipes (16.2x block)
@@ -35,6 +36,7 @@ grid() {
       for m in search search-ternary hawq random; do echo "sst2 $b $m $seed"; done
     done
     echo "sst2 10.8 w4a8 $seed"; echo "sst2 13 w2a8 $seed"; echo "sst2 13 qbert $seed"; echo "sst2 16.2 w2a8 $seed"
+    echo "sst2 13 search-b05 $seed"
     echo "sst2 16.2 ternarybert $seed"; echo "sst2 16.2 binarybert $seed"
     for m in search hawq ternarybert; do echo "mrpc 16.2 $m $seed"; done
   done
@@ -48,6 +50,8 @@ job() {
   local tag="cmp-$task-c$b" common="budget=$(budget "$b") train.seed=$seed"
   case $m in
     search) amqs-search $search_d $common $TRAIN "name=$tag-search-s$seed" >&2 && echo "$RESULTS/runs/$tag-search-s$seed" ;;
+    search-b05) amqs-search search.init_bias=0.5 $search_d $common $TRAIN "name=$tag-search-b05-s$seed" >&2 &&
+                echo "$RESULTS/runs/$tag-search-b05-s$seed" ;;
     search-ternary) amqs-search search.space=ternary $search_d $common $TRAIN "name=$tag-search-ternary-s$seed" >&2 &&
                     echo "$RESULTS/runs/$tag-search-ternary-s$seed" ;;
     hawq) amqs-search recipe=hawq $search_d $common $TRAIN "name=$tag-hawq-s$seed" >&2 && echo "$RESULTS/runs/$tag-hawq-s$seed" ;;
