@@ -29,7 +29,8 @@ DIRECTIONS = ("maximize", "minimize")
 STUDY_FILE, DB_FILE = "study.json", "study.db"  # written by amqs.outer.study
 METRICS = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "encoder_bytes", "total_bytes",
            "fp32_encoder_bytes", "compression", "avg_bits", "pruned_fraction", "target_bytes", "repair_steps",
-           "seconds", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided")
+           "seconds", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided", "total_compression",
+           "latency_ms", "reference_latency_ms", "latency_vs_int8")
 
 
 def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
@@ -152,7 +153,9 @@ def render_markdown(study: optuna.Study, df: pd.DataFrame, info: dict, chosen: O
          f"{len(df)} trials, " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) + "."),
         (f"Objectives: {dirs}. The front is computed on these (search-validation split); dev accuracy is only "
          "reported, never used to select. Encoder size: Transformer layers incl. quantization parameters "
-         "(embeddings excluded); MB = 10^6 bytes."),
+         "(embeddings excluded); total: every stored tensor of the model; MB = 10^6 bytes. latency_ms (when an "
+         "objective): the trial's export on ONNX Runtime, latency_vs_int8 its ratio to ORT int8 of the teacher "
+         "timed alongside."),
         f"Drawn bit allocation: trial {chosen} (best search-val accuracy on the front)." if chosen is not None else
         "No complete trial yet.",
         ("undecided = the search did not decide (amqs.search.diagnostics): its final architecture entropy is over "
@@ -161,15 +164,17 @@ def render_markdown(study: optuna.Study, df: pd.DataFrame, info: dict, chosen: O
         f"Command: `{info.get('command', '')}`",
     ]
     params = [c for c in df.columns if c.startswith("param_")]
-    cols = ["number", *params, "encoder_bytes", "compression", "avg_bits", "pruned_fraction",
-            "search_val_accuracy", "dev_accuracy", "entropy_fraction", "repair_fraction", "undecided"]
+    cols = ["number", *params, "encoder_bytes", "compression", "total_bytes", "total_compression", "latency_ms",
+            "latency_vs_int8", "avg_bits", "pruned_fraction", "search_val_accuracy", "dev_accuracy", "entropy_fraction",
+            "repair_fraction", "undecided"]
     cols = [c for c in cols if c in df.columns]
     front = (df[df["is_pareto"]].sort_values("encoder_bytes") if not df.empty else df)[cols].astype(object)
     for p in params:  # 3 significant digits: eps 0.0257 and lam 134.8 both stay readable
         front[p] = front[p].map(lambda v: v if isinstance(v, str) or pd.isna(v) else f"{v:.3g}")
     parts = [to_markdown(front, "Pareto-optimal trials", notes)]
     parts += [f"![{Path(i).stem}]({i})\n" for i in images]
-    every = [c for c in ["number", "state", "encoder_bytes", "search_val_accuracy", "dev_accuracy", "last_step",
+    every = [c for c in ["number", "state", "encoder_bytes", "total_bytes", "latency_ms", "search_val_accuracy",
+                         "dev_accuracy", "last_step",
                          "duration_s", "undecided", "is_pareto"] if c in df.columns]
     parts.append(to_markdown(df[every].astype(object), "All trials"))
     if not baselines.empty:
