@@ -185,3 +185,13 @@ def test_a_killed_worker_is_failed_on_the_next_start(overrides: list[str], tmp_p
     assert trials[victim].state == TrialState.FAIL
     assert not (tmp_path / "studies" / STUDY / trials[victim].user_attrs["run_dir"] / "checkpoint").exists()
     assert summary["complete"] + summary["pruned"] == done + 1
+
+
+def test_the_study_presets_compose() -> None:
+    quick = compose_cfg("search", ["outer=quick"])
+    assert quick.outer.n_trials == 6 and list(quick.outer.objectives) == ["search_val_accuracy", "encoder_bytes"]
+    deploy = compose_cfg("search", ["outer=deploy"])
+    assert deploy.search.space == "embeddings" and deploy.budget.kind == "total_compression"
+    assert list(deploy.outer.objectives) == ["search_val_accuracy", "total_bytes", "latency_ms"]
+    assert deploy.outer.n_trials == 8 and deploy.data.max_train_examples == quick.data.max_train_examples
+    assert (deploy.outer.params.budget.low, deploy.outer.params.budget.high) == (8, 14)
