@@ -161,3 +161,23 @@ def test_ort_constant_folds_the_unpacking(tmp_path: Path) -> None:
     folded = onnx.load(str(tmp_path / "optimized.onnx"))
     ops = {n.op_type for n in folded.graph.node}
     assert not ops & {"BitShift", "BitwiseAnd", "Concat", "Gather", "ConstantOfShape", "Expand"}, ops
+
+
+def test_row_permutation_is_stored_per_block_when_bits_come_in_blocks() -> None:
+    """A searched embedding table: bits constant over blocks of 3 rows -> one permutation entry per block."""
+    rng = np.random.default_rng(4)
+    bits = np.repeat(rng.choice([2, 4, 8], size=10), 3)
+    codes = np.stack([rng.integers(0, 1 << b, size=K) for b in bits]).astype(np.uint8)
+    g = GraphBuilder()
+    w = emit_int8_matrix(g, "m", codes, bits)
+    g.nodes.append(helper.make_node("Cast", [w], ["w_out"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(g.nodes, "perm", [], [helper.make_tensor_value_info("w_out", TensorProto.FLOAT,
+                                                                                  [len(bits), K])], g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    perm = {t.name.rsplit("_", 1)[0]: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}["m.perm"]
+    assert perm.dtype == np.uint16 and perm.size == 10
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["w_out"], {})[0]
+    want = codes.astype(np.int16)
+    want[bits == 8] -= 128
+    np.testing.assert_array_equal(out, want.astype(np.float32))
