@@ -51,9 +51,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """A GLUE task, where to read it from and how to split and tokenize it."""
+    """A GLUE task or your own files, where to read them from and how to split and tokenize them."""
 
-    task: str = "sst2"  # sst2 | mrpc
+    # sst2 | mrpc (GLUE) | any name of your own data (with train_file): it names runs (<model>-<task>) and tables.
+    task: str = "sst2"
     # Local GLUE-layout folder (…/SST-2/train.tsv). None/empty: load from the HF hub.
     # Defaults to the env var AMQS_GLUE_DIR when that is set.
     glue_dir: Optional[str] = "${oc.env:AMQS_GLUE_DIR,null}"
@@ -65,6 +66,16 @@ class DataConfig:
     max_train_examples: Optional[int] = None
     max_search_val_examples: Optional[int] = None
     max_dev_examples: Optional[int] = None
+    # Your own data (conf/data/files.yaml; amqs.data.files): CSV, TSV, JSON (a list of objects) or JSONL, by
+    # extension. Set: these files are the data and glue_dir is not read. Relative paths: from the working directory.
+    train_file: Optional[str] = None
+    # The dev split. null: a seeded validation_fraction of the train file (before search_val is carved from the rest).
+    validation_file: Optional[str] = None
+    validation_fraction: float = 0.1
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None  # the second text of a pair task; null: single texts
+    # Strings or integers, any number of classes; ids follow the sorted distinct labels of the train file.
+    label_column: str = "label"
 
 
 @dataclass

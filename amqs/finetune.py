@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from amqs.config import CONF_DIR, register_configs
-from amqs.data import get_task, load_glue, make_loader
+from amqs.data import load_glue, task_spec, make_loader
 from amqs.models import load_classifier
 from amqs.train import evaluate, fit, seed_everything
 from amqs.train.precision import pin_precision
@@ -78,11 +78,14 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
-    task = get_task(cfg.data.task)
+    task = task_spec(cfg.data)
     splits = load_glue(cfg.data)
     train_ds = (datasets.concatenate_datasets([splits["train"], splits["search_val"]])
                 if cfg.train.use_search_val else splits["train"])
     model, tokenizer = load_classifier(cfg.model, task.num_labels)
+    # The label names travel with the model (its config.json): students, exports and amqs-predict read them there.
+    model.config.id2label = dict(enumerate(task.label_names))
+    model.config.label2id = {n: i for i, n in model.config.id2label.items()}
     train_loader = make_loader(train_ds, tokenizer, max_length=cfg.data.max_length,
                                batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
                                progress=cfg.train.progress)
@@ -99,7 +102,7 @@ def finetune(cfg: DictConfig, command: str = "amqs-finetune") -> dict[str, Any]:
     metrics = {
         "task": task.name, "model": cfg.model.name, "source": cfg.model.source,
         "search_val": "trained on" if cfg.train.use_search_val else "held out",
-        "dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_examples": dev["examples"],
+        "dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_macro_f1": dev["macro_f1"], "dev_examples": dev["examples"],
         "epochs": cfg.train.epochs, "train_rows": len(train_ds), "train_examples": result.train_examples,
         "steps": result.steps, "max_length": cfg.data.max_length, "seconds": round(result.seconds, 1),
         "threads": torch.get_num_threads(), "final_loss": result.final_loss, "config_hash": fp,

@@ -146,10 +146,10 @@ def bench_stage(cfg: DictConfig, export_dir: Path, command: str) -> list[dict[st
     """amqs-bench of the export against the teacher (PyTorch fp32, ORT fp32, ORT int8), per thread count."""
     from amqs.bench import bench_against_fp32, parse_shape, write_report
     from amqs.train.qat import load_teacher
-    from amqs.data.glue import get_task
+    from amqs.data.glue import task_spec
 
     p = cfg.pipeline
-    teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
+    teacher, tokenizer = load_teacher(cfg, task_spec(cfg.data).num_labels)
     teacher.eval()
     shapes = [parse_shape(s) for s in p.bench_shapes]
     work = Path(cfg.paths.results_dir) / "exports" / "bench"

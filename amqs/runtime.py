@@ -79,17 +79,32 @@ def read_export_meta(path: Path) -> dict:
     return meta
 
 
+def export_label_names(path: Path, num_labels: int) -> tuple[str, ...]:
+    """Label i's name from an export's ``config.json`` (``id2label``, which amqs-export always writes); ``LABEL_<i>``
+    where it says nothing.
+
+    Example::
+
+        export_label_names(Path("outputs/exports/reviews"), 3)  # ("bad", "good", "ok")
+    """
+    file = Path(path) / "config.json"
+    id2label = json.loads(file.read_text()).get("id2label", {}) if file.is_file() else {}
+    return tuple(str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num_labels))
+
+
 class ExportedModel:
     """An exported classifier: tokenizer + ONNX Runtime session."""
 
     def __init__(self, path: str | Path, threads: Optional[int] = None) -> None:
         from transformers import AutoTokenizer
 
-        from amqs.data.glue import get_task
+        from amqs.data.glue import TASKS, TaskSpec
 
         self.path = Path(path)
         self.meta = read_export_meta(self.path)
-        self.task = get_task(self.meta["task"])
+        self.label_names = export_label_names(self.path, int(self.meta["num_labels"]))
+        # A GLUE task keeps its metrics (MRPC's f1); your own data's task is named by the export, labelled by it.
+        self.task = TASKS.get(self.meta["task"]) or TaskSpec(name=self.meta["task"], label_names=self.label_names)
         self.max_length = int(self.meta["max_length"])
         self.session = load_session(self.path / MODEL_FILE, threads)
         names = tuple(i.name for i in self.session.get_inputs())

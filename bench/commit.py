@@ -25,7 +25,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from amqs.config import CONF_DIR, register_configs
-from amqs.data import get_task, load_glue, make_loader
+from amqs.data import load_glue, task_spec, make_loader
 from amqs.quant import BitAssignment
 from amqs.search.diagnostics import decision_metrics
 from amqs.search.run import search
@@ -44,7 +44,7 @@ COLUMNS = ("name", "budget_compression", "entropy_fraction", "expected_over_budg
 def start_accuracy(cfg, assignment: BitAssignment) -> float:
     """Search-val accuracy of the assignment's student after the lkd start (no QAT)."""
     splits = load_glue(cfg.data)
-    task = get_task(cfg.data.task)
+    task = task_spec(cfg.data)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
     student, _ = quantize_student(teacher, assignment, cfg)
     loader = make_loader(splits["train"], tokenizer, max_length=cfg.data.max_length,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from amqs.data import get_task, load_glue
+from amqs.data import load_glue, task_spec
 from amqs.quant import BitAssignment
 from amqs.report.tables import render_csv
 from amqs.train.metrics import evaluate
@@ -32,7 +32,7 @@ def rtn_start(run: Path) -> dict[str, float]:
     deterministic): its accuracy before QAT on dev and search-val. For runs recorded before QAT runs measured
     the start on search-val; the dev number must equal the recorded ``dev_accuracy_ptq``."""
     cfg = read_run_config(run).cfg
-    teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
+    teacher, tokenizer = load_teacher(cfg, task_spec(cfg.data).num_labels)
     loaders = _Loaders(cfg, load_glue(cfg.data), tokenizer)
     student, _ = quantize_student(teacher, BitAssignment.from_json(run / "bits.json"), cfg)
     return {split: evaluate(student, loaders(split), ("accuracy",))["accuracy"] for split in ("dev", "search_val")}

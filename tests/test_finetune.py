@@ -59,3 +59,23 @@ def test_name_sets_the_teacher_folder_without_changing_the_hash(tmp_path: Path) 
     assert teacher_dir(derived) == tmp_path / "teachers" / "bert-tiny-sst2"
     assert teacher_dir(named) == tmp_path / "teachers" / "bert-tiny-sst2-replay"
     assert config_hash(named) == config_hash(derived)
+
+
+REVIEWS = Path(__file__).resolve().parent / "data" / "files"
+FILES_OVERRIDES = ["data=files", f"data.train_file={REVIEWS / 'reviews_train.csv'}",
+                   f"data.validation_file={REVIEWS / 'reviews_dev.csv'}", "data.text_column=review",
+                   "data.label_column=stars"]
+
+
+@pytest.mark.slow
+def test_cli_smoke_on_your_own_files(tmp_path: Path) -> None:
+    """README's command: a 3-class CSV with string labels gives a 3-label teacher whose config names the labels."""
+    proc = subprocess.run([sys.executable, "-m", "amqs.finetune", "debug=smoke", *FILES_OVERRIDES,
+                           f"paths.results_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "teachers" / "bert-tiny-files"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "files" and metrics["dev_examples"] == 6 and metrics["train_rows"] == 24
+    assert 0.0 <= metrics["dev_macro_f1"] <= 1.0 and metrics["dev_f1"] is None
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "bad", "1": "good", "2": "ok"} and config["label2id"]["ok"] == 2

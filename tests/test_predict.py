@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amqs.data import DataError
+from amqs.data import Columns, DataError
 from amqs.predict import main as predict_main, predict_file
 from amqs.runtime import ExportedModel
 from tests.test_runtime import TinyExports, tiny_exports
@@ -40,11 +40,19 @@ def _unlabelled(tmp_path: Path) -> Path:
 
 
 def _read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(header, predicted ids, logits), checking the label names and probabilities between them."""
     with path.open(newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     header, body = rows[0], rows[1:]
     assert [int(r[0]) for r in body] == list(range(len(body)))
-    return header, np.array([int(r[1]) for r in body]), np.array([[float(v) for v in r[2:]] for r in body])
+    k = sum(h.startswith("logit_") for h in header)
+    names = [h.removeprefix("prob_") for h in header[3:3 + k]]
+    preds = np.array([int(r[1]) for r in body])
+    assert [r[2] for r in body] == [names[p] for p in preds]
+    probs, logits = (np.array([[float(v) for v in r[a:b]] for r in body]) for a, b in ((3, 3 + k), (3 + k, None)))
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs, shifted / shifted.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+    return header, preds, logits
 
 
 def test_labelled_file_gives_accuracy_and_predictions(tiny: TinyExports, tmp_path: Path,
@@ -58,7 +66,7 @@ def test_labelled_file_gives_accuracy_and_predictions(tiny: TinyExports, tmp_pat
     assert result["output"] == str(out) and result["examples"] == len(SENTENCES)
     assert sorted(p.name for p in data.iterdir()) == ["dev.tsv"]
     header, preds, logits = _read_predictions(out)
-    assert header == ["index", "prediction", "logit_0", "logit_1"]
+    assert header == ["index", "prediction", "label", "prob_negative", "prob_positive", "logit_0", "logit_1"]
     assert logits.shape == (len(SENTENCES), 2)
     np.testing.assert_array_equal(preds, logits.argmax(-1))
     assert result["accuracy"] == pytest.approx(float((preds == np.array(LABELS)).mean()))
@@ -113,3 +121,54 @@ def test_missing_input_file_names_the_file_not_the_data_setting(tiny: TinyExport
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     _exits_with_one_line(lambda: predict_main([str(tiny.quant_export), "--input", str(tmp_path / "nope.tsv")]),
                          r"amqs-predict: .*nope\.tsv: no such file  \(AMQS_DEBUG", capsys)
+
+
+# your own files (data=files): a 3-class model, CSV/JSONL input with column options, label names out
+
+REVIEWS = Path(__file__).resolve().parent / "data" / "files"
+_FILES_EXPORT: dict[str, Path] = {}
+
+
+@pytest.fixture
+def reviews_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """(Once per session) a tiny teacher and w8a8 student on the 3-class reviews CSV, exported."""
+    if "export" not in _FILES_EXPORT:
+        from amqs.export.app import export_run
+        from amqs.finetune import run as finetune
+        from amqs.train.qat import run_qat
+        from tests.conftest import compose_cfg
+        from tests.test_finetune import FILES_OVERRIDES
+
+        root = tmp_path_factory.mktemp("reviews")
+        ov = ["debug=smoke", *FILES_OVERRIDES, f"paths.results_dir={root}", "data.task=reviews"]
+        finetune(compose_cfg("finetune", ov))
+        run_qat(compose_cfg("qat", ov))
+        _FILES_EXPORT["export"] = root / "exports" / "reviews"
+        export_run(root / "runs" / "reviews-bert-tiny-w8a8", _FILES_EXPORT["export"], threads=1, results_dir=root)
+    return _FILES_EXPORT["export"]
+
+
+@pytest.mark.slow
+def test_a_csv_with_column_options_gives_label_names_and_macro_f1(reviews_export: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.tsv"
+    result = predict_file(reviews_export, REVIEWS / "reviews_dev.csv", out, columns=Columns("review", "stars"))
+    header, preds, logits = _read_predictions(out)
+    assert header[2:6] == ["label", "prob_bad", "prob_good", "prob_ok"] and logits.shape == (6, 3)
+    truth = np.array([1, 0, 2, 1, 0, 2])  # good bad ok, twice
+    assert result["accuracy"] == pytest.approx(float((preds == truth).mean()))
+    assert 0.0 <= result["macro_f1"] <= 1.0 and "f1" not in result
+    texts = [r["review"] for r in csv.DictReader((REVIEWS / "reviews_dev.csv").open())]
+    np.testing.assert_allclose(logits, ExportedModel(reviews_export).predict_logits(texts), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_an_unlabelled_jsonl_and_an_unknown_label(reviews_export: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    f = _write(tmp_path / "new.jsonl", '{"text": "A lovely film."}\n{"text": "Dreary."}\n')
+    assert set(predict_file(reviews_export, f, tmp_path / "a.tsv")) == {"examples", "output"}  # default: text
+    bad = _write(tmp_path / "bad.csv", "review,stars\nfine,ok\nsuperb,great\n")
+    capsys.readouterr()  # the prediction's progress bars
+    _exits_with_one_line(lambda: predict_main([str(reviews_export), "--input", str(bad), "--text-column", "review",
+                                               "--label-column", "stars", "--output", str(tmp_path / "b.tsv")]),
+                         r"amqs-predict: .*bad\.csv:3: label 'great' is not one of the model's labels "
+                         r"\['bad', 'good', 'ok'\]", capsys)

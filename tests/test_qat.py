@@ -59,3 +59,35 @@ def test_a_bits_file_missing_a_module_is_refused_before_training(tmp_path: Path,
                                          r"every quantized Linear needs an entry"):
         qat_app(compose_cfg("qat", ov + [f"assignment={path}", "quant.name=partial"]))
     assert not (tmp_path / "runs" / "sst2-bert-tiny-partial" / "train_log.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_qat_on_your_own_files_gives_a_three_label_student(tmp_path: Path) -> None:
+    """amqs-finetune then amqs-qat on a 3-class CSV (data=files): the student has 3 outputs and macro-F1."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_finetune import FILES_OVERRIDES
+
+    for app in ("amqs.finetune", "amqs.qat"):
+        proc = subprocess.run([sys.executable, "-m", app, "debug=smoke", *FILES_OVERRIDES,
+                               f"paths.results_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "files-bert-tiny-w8a8"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "files" and 0.0 <= metrics["dev_macro_f1"] <= 1.0
+    assert metrics["data_fingerprint"]["dev"]["rows"] == 6
+    student = torch.load(run / "student.pt", weights_only=True)
+    assert student["classifier.weight"].shape[0] == 3
+    predictions = json.loads((run / "dev_predictions.json").read_text())
+    assert sorted(predictions["labels"]) == [0, 0, 1, 1, 2, 2] and set(predictions["predictions"]) <= {0, 1, 2}
+
+
+def test_a_missing_teacher_on_your_own_files_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    from tests.test_finetune import FILES_OVERRIDES, REVIEWS
+
+    with pytest.raises(FileNotFoundError, match=r"make it with `amqs-finetune debug=smoke data=files data.task=files "
+                                                 rf"data.train_file={REVIEWS / 'reviews_train.csv'} .*"
+                                                 r"data.text_column=review data.label_column=stars "):
+        qat_app(compose_cfg("qat", ["debug=smoke", *FILES_OVERRIDES, f"paths.results_dir={tmp_path}"]))

@@ -1,4 +1,5 @@
-"""GLUE SST-2 and MRPC: from the HF hub, or from a local folder in the GLUE TSV layout.
+"""The data of a run: GLUE SST-2 and MRPC (from the HF hub, or from a local folder in the GLUE TSV layout), or
+your own files (``data.train_file``, :mod:`amqs.data.files`).
 
 Every split comes out with the same columns — ``text_a``, ``text_b`` (None for single-sentence
 tasks) and ``label`` — whatever the source, so nothing downstream knows where data came from.
@@ -10,6 +11,7 @@ Example::
 
     splits = load_glue(DataConfig(task="sst2", glue_dir="../shared/data/glue"))
     splits["train"], splits["search_val"], splits["dev"]
+    task_spec(DataConfig(task="reviews", train_file="reviews.csv", text_column="review")).label_names
 """
 
 from __future__ import annotations
@@ -18,31 +20,33 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import datasets
 
 from amqs.config import DataConfig
-
-
-class DataError(ValueError):
-    """Missing or malformed data; the message names the file, line or setting to fix."""
+from amqs.data.errors import DataError
+from amqs.data.files import Columns, Texts, collect, features, label_vocabulary, read_texts, table_rows, to_dataset
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """How one GLUE task is laid out in each source."""
+    """A classification task: its label names (label i's name; their count is the classifier's), its metrics,
+    and for a GLUE task how it is laid out in each source (empty for your own files)."""
 
     name: str
-    glue_folder: str  # folder name in the GLUE TSV layout
-    hub_config: str  # config name of the "glue" dataset on the hub
-    tsv_columns: tuple[str, ...]  # header of the local TSV files
-    tsv_text: tuple[str, ...]  # text columns in the TSV (one or two)
-    tsv_label: str
-    hub_text: tuple[str, ...]
-    label_names: tuple[str, ...] = ()  # label i's name (GLUE's), for the configs others read (an export's)
-    num_labels: int = 2
-    metrics: tuple[str, ...] = ("accuracy",)
+    label_names: tuple[str, ...]
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+    glue_folder: str = ""  # folder name in the GLUE TSV layout
+    hub_config: str = ""  # config name of the "glue" dataset on the hub
+    tsv_columns: tuple[str, ...] = ()  # header of the local TSV files
+    tsv_text: tuple[str, ...] = ()  # text columns in the TSV (one or two)
+    tsv_label: str = ""
+    hub_text: tuple[str, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -65,25 +69,46 @@ TASKS: dict[str, TaskSpec] = {
         tsv_label="Quality",
         hub_text=("sentence1", "sentence2"),
         label_names=("not_equivalent", "equivalent"),
-        metrics=("accuracy", "f1"),
+        metrics=("accuracy", "f1", "macro_f1"),
     ),
 }
 
-_FEATURES = datasets.Features(
-    {
-        "text_a": datasets.Value("string"),
-        "text_b": datasets.Value("string"),
-        "label": datasets.ClassLabel(num_classes=2),
-    }
-)
+_GLUE_LABELS = ("0", "1")  # the label column's values in GLUE's TSVs, in id order
+_FEATURES = features(_GLUE_LABELS)
 
 
 def get_task(name: str) -> TaskSpec:
-    """Look a task up by name; an unknown name lists the known ones."""
+    """Look a GLUE task up by name; an unknown name lists the known ones (and how to use your own files)."""
     try:
         return TASKS[name]
     except KeyError:
-        raise DataError(f"unknown task {name!r} (data.task); known tasks: {sorted(TASKS)}") from None
+        raise DataError(f"unknown task {name!r} (data.task) and no data.train_file: known tasks {sorted(TASKS)}, "
+                        "or your own files with data=files data.train_file=<CSV, TSV, JSON or JSONL file>") from None
+
+
+def _columns(cfg: Any) -> Columns:
+    return Columns(text=cfg.text_column, label=cfg.label_column, pair=cfg.text_pair_column or None)
+
+
+def _train_texts(cfg: Any) -> Texts:
+    return read_texts(Path(os.path.expanduser(cfg.train_file)), _columns(cfg))
+
+
+def _has_files(cfg: Any) -> bool:
+    return bool(getattr(cfg, "train_file", None))  # (a config saved before the key existed has none)
+
+
+def task_spec(cfg: DataConfig) -> TaskSpec:
+    """The task of a data config: a GLUE task by ``data.task``, or with ``data.train_file`` a task named
+    ``data.task`` whose labels are the train file's (read once; :func:`amqs.data.files.label_vocabulary`).
+
+    Example:
+        >>> task_spec(DataConfig(task="mrpc")).num_labels
+        2
+    """
+    if not _has_files(cfg):
+        return get_task(cfg.task)
+    return TaskSpec(name=cfg.task, label_names=label_vocabulary(_train_texts(cfg)))
 
 
 def read_glue_tsv(path: Path, task: TaskSpec, *, allow_unlabeled: bool = False) -> datasets.Dataset:
@@ -91,41 +116,23 @@ def read_glue_tsv(path: Path, task: TaskSpec, *, allow_unlabeled: bool = False) 
 
     With ``allow_unlabeled`` a file without the label column (GLUE's ``test.tsv`` layout, e.g.
     ``index<TAB>sentence``) is accepted and every label is -1.
+
+    Example::
+
+        dev = read_glue_tsv(Path("../shared/data/glue/SST-2/dev.tsv"), get_task("sst2"))
     """
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    text_a: list[str] = []
-    text_b: list[Optional[str]] = []
-    labels: list[int] = []
-    # GLUE TSVs are not quoted; the MRPC files may start with a UTF-8 byte-order mark.
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        unlabeled = (allow_unlabeled and header is not None and task.tsv_label not in header
-                     and all(c in header for c in task.tsv_text))
-        if header is None or (tuple(header) != task.tsv_columns and not unlabeled):
-            wanted = f"{list(task.tsv_columns)}" + (f" or at least {list(task.tsv_text)}" if allow_unlabeled else "")
-            raise DataError(f"{path}:1: expected header {wanted}, got {header}")
-        text_idx = [header.index(c) for c in task.tsv_text]
-        label_idx = None if unlabeled else header.index(task.tsv_label)
-        for row in reader:
-            line = reader.line_num
-            if not row:  # a trailing empty line is harmless
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{line}: expected {len(header)} tab-separated fields, got {len(row)}")
-            label = "-1" if label_idx is None else row[label_idx].strip()
-            if label_idx is not None and label not in ("0", "1"):
-                raise DataError(f"{path}:{line}: label must be 0 or 1, got {label!r}")
-            texts = [row[i].strip() for i in text_idx]
-            if any(not t for t in texts):
-                raise DataError(f"{path}:{line}: empty text field")
-            text_a.append(texts[0])
-            text_b.append(texts[1] if len(texts) > 1 else None)
-            labels.append(int(label))
-    if not labels:
-        raise DataError(f"{path}: no data rows")
-    return datasets.Dataset.from_dict({"text_a": text_a, "text_b": text_b, "label": labels}, features=_FEATURES)
+    # GLUE TSVs are not quoted (MRPC's sentences hold bare quotes); the MRPC files may start with a byte-order mark.
+    header, rows = table_rows(path, "\t", csv.QUOTE_NONE)
+    unlabeled = (allow_unlabeled and task.tsv_label not in header and all(c in header for c in task.tsv_text))
+    if tuple(header) != task.tsv_columns and not unlabeled:
+        wanted = f"{list(task.tsv_columns)}" + (f" or at least {list(task.tsv_text)}" if allow_unlabeled else "")
+        raise DataError(f"{path}:1: expected header {wanted}, got {header}")
+    cols = Columns(text=task.tsv_text[0], label=task.tsv_label, pair=task.tsv_text[1] if len(task.tsv_text) > 1 else None)
+    texts = collect(path, ((line, dict(zip(header, row))) for line, row in rows), cols, allow_unlabeled=unlabeled)
+    for label, line in zip(texts.labels or (), texts.lines):
+        if label not in _GLUE_LABELS:
+            raise DataError(f"{path}:{line}: label must be 0 or 1, got {label!r}")
+    return to_dataset(texts, _GLUE_LABELS)
 
 
 HUB_HINT = ("set AMQS_GLUE_DIR (or data.glue_dir) to a local folder in the GLUE TSV layout "
@@ -172,8 +179,26 @@ def _load_hub(task: TaskSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
     return convert(raw["train"]), convert(raw["validation"])
 
 
+def _load_files(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
+    train = _train_texts(cfg)
+    names = label_vocabulary(train)
+    train_ds = to_dataset(train, names)
+    if not cfg.validation_file:  # a seeded slice of train is dev; search_val is carved from the rest later
+        return split_search_val(train_ds, cfg.validation_fraction, cfg.split_seed, setting="data.validation_fraction")
+    dev = read_texts(Path(os.path.expanduser(cfg.validation_file)), _columns(cfg))
+    return train_ds, to_dataset(dev, names)
+
+
 def load_raw(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The task's official (train, dev) splits from the configured source."""
+    """The task's (train, dev) splits from the configured source: your files (``data.train_file``, a
+    validation file or a seeded slice of train as dev), a GLUE folder, or the hub.
+
+    Example::
+
+        train, dev = load_raw(DataConfig(task="sst2", glue_dir="../shared/data/glue"))
+    """
+    if _has_files(cfg):
+        return _load_files(cfg)
     task = get_task(cfg.task)
     glue_dir = cfg.glue_dir
     if not glue_dir:
@@ -189,10 +214,17 @@ def load_raw(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
     return read_glue_tsv(folder / "train.tsv", task), read_glue_tsv(folder / "dev.tsv", task)
 
 
-def split_search_val(train: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Carve a deterministic search-validation split out of train: (train_rest, search_val)."""
+def split_search_val(train: datasets.Dataset, fraction: float, seed: int,
+                     setting: str = "data.search_val_fraction") -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Carve a deterministic search-validation split out of train: (train_rest, search_val). ``setting`` names
+    the fraction's key in a bad-fraction error (also used for ``data.validation_fraction``'s dev slice).
+
+    Example::
+
+        rest, search_val = split_search_val(train, 0.1, seed=0)
+    """
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"data.search_val_fraction must be in (0, 1), got {fraction}")
+        raise DataError(f"{setting} must be in (0, 1), got {fraction}")
     parts = train.train_test_split(test_size=fraction, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
 

@@ -61,13 +61,13 @@ def resolve_run(run_dir: Path) -> Path:
 
 def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssignment], dict]:
     """``(student, tokenizer, cfg, assignment, metrics)`` of a finished run, weights loaded."""
-    from amqs.data.glue import get_task
+    from amqs.data.glue import task_spec
     from amqs.train.qat import STUDENT_FILE, load_teacher, quantize_student
 
     d = resolve_run(run_dir)
     cfg = load_run_config(d)
     metrics = json.loads((d / "metrics.json").read_text())
-    task = get_task(cfg.data.task)
+    task = task_spec(cfg.data)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
     assignment = BitAssignment.from_json(d / "bits.json") if (d / "bits.json").is_file() else None
     student, _ = quantize_student(teacher, assignment, cfg)
@@ -86,17 +86,18 @@ def initializer_bytes(model: onnx.ModelProto, prefix: str) -> int:
 
 
 def label_names(config: Any, task: str) -> dict[int, str]:
-    """The model's ``id2label``, or the GLUE task's label names where the model has only HF's ``LABEL_<i>``.
+    """The model's ``id2label`` (a model fine-tuned on your files has the file's labels), or a GLUE task's label
+    names where the model has only HF's ``LABEL_<i>``.
 
     Example:
         >>> from transformers import BertConfig
         >>> label_names(BertConfig(), "sst2"), label_names(BertConfig(id2label={0: "no", 1: "yes"}), "sst2")
         ({0: 'negative', 1: 'positive'}, {0: 'no', 1: 'yes'})
     """
-    from amqs.data.glue import get_task
+    from amqs.data.glue import TASKS
 
     names = {int(i): str(n) for i, n in config.id2label.items()}
-    task_names = get_task(task).label_names
+    task_names = TASKS[task].label_names if task in TASKS else ()
     if names == {i: f"LABEL_{i}" for i in range(len(names))} and len(task_names) == len(names):
         return dict(enumerate(task_names))
     return names

@@ -34,7 +34,7 @@ def reference_int8(study: Path, base: DictConfig) -> Path:
     Built in a private folder and renamed into place, so workers that start together never read half of it.
     """
     from amqs.bench import quantize_int8_dynamic
-    from amqs.data.glue import get_task
+    from amqs.data.glue import task_spec
     from amqs.export.app import export_model
     from amqs.train.qat import load_teacher
 
@@ -42,7 +42,7 @@ def reference_int8(study: Path, base: DictConfig) -> Path:
     if (out / "model.onnx").exists():
         return out
     tmp = study / f"{REFERENCE_DIR}.tmp{os.getpid()}"
-    teacher, tokenizer = load_teacher(base, get_task(base.data.task).num_labels)
+    teacher, tokenizer = load_teacher(base, task_spec(base.data).num_labels)
     export_model(teacher.eval(), tokenizer, tmp / "fp32", task=base.data.task, max_length=int(base.data.max_length),
                  meta={"source_run": str(base.teacher.source)})
     quantize_int8_dynamic(tmp / "fp32", tmp / "int8")

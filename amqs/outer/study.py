@@ -177,7 +177,7 @@ def check_budget_range(space: ParamSpace, base: DictConfig) -> None:
     params = {p.key: p for p in space.params if p.key in ("budget.value", "budget.kind")}
     if "budget.value" not in params and "budget.kind" not in params:
         return
-    from amqs.data.glue import get_task
+    from amqs.data.glue import task_spec
     from amqs.search.objective import Budget, resolve_budget
     from amqs.search.space import load_space
     from amqs.search.supernet import build_supernet
@@ -190,7 +190,7 @@ def check_budget_range(space: ParamSpace, base: DictConfig) -> None:
         return list(p.choices) if p.type == "categorical" else [p.low, p.high]
 
     space_def = load_space(base.search.space)
-    model, _ = load_teacher(base, get_task(base.data.task).num_labels)
+    model, _ = load_teacher(base, task_spec(base.data).num_labels)
     build_supernet(model, space_def)
     for kind in ends("budget.kind", base.budget.kind):
         for value in ends("budget.value", base.budget.value):

@@ -41,7 +41,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 from torch import nn
 
-from amqs.data import get_task, load_glue, make_loader
+from amqs.data import load_glue, task_spec, make_loader
 from amqs.quant import BitAssignment
 from amqs.search.derive import assignment_entries
 from amqs.search.objective import resolve_budget, size_base
@@ -271,7 +271,7 @@ def hawq_search(cfg: DictConfig) -> BitAssignment:
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     splits = load_glue(cfg.data)
-    teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
+    teacher, tokenizer = load_teacher(cfg, task_spec(cfg.data).num_labels)
     model, space = search_supernet(cfg, teacher, device)
     alloc, meta = hawq_allocation(cfg, teacher, model, space, splits["train"], tokenizer, device)
     return hawq_assignment(model, space, alloc.choice, meta.pop("encoder_bits"), {

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from amqs.data import get_task, load_glue, make_loader
+from amqs.data import load_glue, task_spec, make_loader
 from amqs.quant import BitAssignment, pruned_fraction, weight_bits_of
 from amqs.search.architect import Architect, ArchitectConfig, search_step, weight_optimizer
 from amqs.search.derive import derived_assignment
@@ -111,7 +111,7 @@ def search(cfg: DictConfig, out: Path, on_progress: Optional[ProgressFn] = None)
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)  # the logits' initial noise: the same on every rank
     splits = load_glue(cfg.data)
-    teacher, tokenizer = load_teacher(cfg, get_task(cfg.data.task).num_labels)
+    teacher, tokenizer = load_teacher(cfg, task_spec(cfg.data).num_labels)
     model, space = search_supernet(cfg, teacher, device)
     objective = _objective(cfg, model, space)  # fails early on an infeasible budget
     _schedule(cfg)  # ... and on a bad schedule setting

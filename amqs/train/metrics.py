@@ -2,7 +2,7 @@
 
 Example::
 
-    metrics = evaluate(model, dev_loader, ("accuracy", "f1"))  # {"accuracy": 0.89, "f1": 0.91, ...}
+    metrics = evaluate(model, dev_loader, ("accuracy", "f1", "macro_f1"))  # {"accuracy": 0.89, "f1": 0.91, ...}
     metrics, record = evaluate_with_predictions(model, dev_loader, ("accuracy",), split="dev")
     # record = {"split": "dev", "labels": [1, 0, ...], "predictions": [1, 1, ...]}: a QAT run's dev_predictions.json
 """
@@ -28,7 +28,19 @@ def f1_binary(preds: torch.Tensor, labels: torch.Tensor, positive: int = 1) -> f
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
-METRICS = {"accuracy": accuracy, "f1": f1_binary}
+def f1_macro(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over classes of each class's F1 (classes seen in ``labels`` or ``preds``): every class counts the
+    same however rare, the metric of imbalanced or many-class data.
+
+    Example:
+        >>> f1_macro(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]))  # F1s 1, 2/3, 2/3
+        0.7777777777777777
+    """
+    classes = torch.unique(torch.cat([preds, labels])).tolist()
+    return sum(f1_binary(preds, labels, positive=c) for c in classes) / len(classes) if classes else 0.0
+
+
+METRICS = {"accuracy": accuracy, "f1": f1_binary, "macro_f1": f1_macro}
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from amqs.config import ModelConfig, PathsConfig, group_option
-from amqs.data import get_task, load_glue, make_loader
+from amqs.data import load_glue, task_spec, make_loader
 from amqs.models import load_classifier
 from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
                         model_size, uniform_assignment)
@@ -111,13 +111,21 @@ def finetune_command(cfg: DictConfig) -> str:
     else:
         model = group_option("model", "name", cfg.model.name)
         parts.append(f"model={model}" if model else f"model.source=<its source> model.name={cfg.model.name}")
-    parts.append(f"data={cfg.data.task}")
+    parts.append(_data_overrides(cfg.data))
     if str(cfg.teacher.source).rstrip("/").endswith("-heldout/model"):
         parts.append("train.use_search_val=false")
     default_dir = "outputs/smoke" if cfg.get("smoke") else PathsConfig.results_dir
     if Path(cfg.paths.results_dir) != Path(default_dir):
         parts.append(f"paths.results_dir={cfg.paths.results_dir}")
     return " ".join(parts)
+
+
+def _data_overrides(data: DictConfig) -> str:
+    # A GLUE task is a data preset; your own files are data=files and the keys that name them.
+    if not data.get("train_file"):
+        return f"data={data.task}"
+    keys = ("task", "train_file", "validation_file", "text_column", "text_pair_column", "label_column")
+    return "data=files " + " ".join(f"data.{k}={data.get(k)}" for k in keys if data.get(k) is not None)
 
 
 def build_assignment(model: nn.Module, cfg: DictConfig) -> Optional[BitAssignment]:
@@ -269,7 +277,7 @@ def run_qat(cfg: DictConfig, assignment: Optional[BitAssignment] = None, command
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
-    task = get_task(cfg.data.task)
+    task = task_spec(cfg.data)
     splits = load_glue(cfg.data)
     teacher, tokenizer = load_teacher(cfg, task.num_labels)
     loaders = _Loaders(cfg, splits, tokenizer)
@@ -374,7 +382,7 @@ def _train_and_evaluate(cfg: DictConfig, student: nn.Module, teacher: nn.Module,
     dev, predictions = evaluate_with_predictions(student, dev_loader, metrics, device=device, split="dev")
     write_json(out / PREDICTIONS_FILE, predictions)
     search_val = evaluate(student, loaders("search_val"), metrics, device=device) if cfg.eval_search_val else {}
-    return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), **start,
+    return {"dev_accuracy": dev["accuracy"], "dev_f1": dev.get("f1"), "dev_macro_f1": dev.get("macro_f1"), **start,
             "search_val_accuracy": search_val.get("accuracy"), "search_val_f1": search_val.get("f1")}, result
 
 

@@ -74,7 +74,9 @@ _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, (
                     ("search", "hawq"): _HAWQ_DEFAULTS,
                     ("search", "t_final"): None, ("search", "hard_from"): None, ("search", "entropy_weight"): 0.0,
                     ("search", "size_on"): "argmax", ("search", "prior"): "none", ("train", "init"): "rtn",
-                    ("budget", "latency_ms"): None, ("search", "latency_table"): None}
+                    ("budget", "latency_ms"): None, ("search", "latency_table"): None,
+                    ("data", "train_file"): None, ("data", "validation_file"): None, ("data", "validation_fraction"): 0.1,
+                    ("data", "text_column"): "text", ("data", "text_pair_column"): None, ("data", "label_column"): "label"}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed
@@ -103,6 +105,9 @@ def config_hash(cfg: DictConfig) -> str:
     if isinstance(train, dict) and "init" not in train:  # rtn (dropped above) reads no reconstruction settings
         train.pop("reconstruct", None)
     c.get("data", {}).pop("glue_dir", None)  # the same rows from the hub or a local copy
+    for key in ("train_file", "validation_file"):  # your own files: what they hold, however they are spelled
+        if c.get("data", {}).get(key):
+            c["data"][key] = file_digest(c["data"][key])
     for k in _TRAIN_NOT_HASHED:
         c.get("train", {}).pop(k, None)
     if isinstance(c.get("teacher"), dict):
@@ -110,6 +115,24 @@ def config_hash(cfg: DictConfig) -> str:
     if c.get("init_from"):
         c["init_from"] = canonical_path(c["init_from"])
     return fingerprint(c)
+
+
+def file_digest(path: str) -> str:
+    """``sha256:<hex>`` of a file's bytes (a data file a run reads: an edited file is another run); a missing
+    path unchanged (the run fails on it later, naming it).
+
+    Example::
+
+        file_digest("tests/data/files/reviews_dev.csv")  # "sha256:3f1c..."
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return path
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def canonical_path(value: Any) -> Any:

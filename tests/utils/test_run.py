@@ -106,3 +106,21 @@ def test_finished_searches_keep_their_hash_across_search_arch_every(run: str, mo
     assert config_hash(saved.cfg) == recorded["config_hash"]
     saved.cfg.search.arch.every = 4
     assert config_hash(saved.cfg) != recorded["config_hash"]
+
+
+def test_your_own_files_are_hashed_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.train_file: an edited file is another run; the same bytes spelled another way the same run."""
+    from amqs.utils.run import config_hash
+    from tests.conftest import compose_cfg
+
+    f = tmp_path / "train.csv"
+    f.write_text("text,label\nfine,ok\n")
+
+    def cfg(path: str) -> str:
+        return config_hash(compose_cfg("finetune", ["data=files", f"data.train_file={path}"]))
+
+    monkeypatch.chdir(tmp_path)
+    first = cfg(str(f))
+    assert cfg("train.csv") == first and first != config_hash(compose_cfg("finetune", ["data=sst2"]))
+    f.write_text("text,label\nfine,good\n")
+    assert cfg(str(f)) != first
