@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -268,18 +268,10 @@ class SupernetLinear(_MixedChoices, nn.Linear):
         self.act_quant = ActQuant(act_bits).to(None if self.weight.is_meta else self.weight.device)
 
     @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        choices: tuple[int, ...],
-        num_subgroups: int,
-        scheme: str = "minmax",
-        act_bits: int | None = 8,
-        *,
-        arch_logits: nn.Parameter | None = None,
-        init_std: float = 1e-3,
-    ) -> "SupernetLinear":
-        """Wrap ``linear`` keeping its ``weight``/``bias`` Parameter objects.
+    def from_linear(cls, linear: nn.Linear, choices: tuple[int, ...], num_subgroups: int, scheme: str = "minmax",
+                    act_bits: int | None = 8, **search: Any) -> "SupernetLinear":
+        """Wrap ``linear`` keeping its ``weight``/``bias`` Parameter objects (``search``: ``arch_logits``,
+        ``init_std``, as the constructor takes them).
 
         Example:
             >>> lin = nn.Linear(8, 4)
@@ -287,8 +279,8 @@ class SupernetLinear(_MixedChoices, nn.Linear):
             True
         """
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, choices=tuple(choices),
-                num_subgroups=num_subgroups, scheme=scheme, act_bits=act_bits, arch_logits=arch_logits,
-                init_std=init_std, device="meta", dtype=linear.weight.dtype)
+                num_subgroups=num_subgroups, scheme=scheme, act_bits=act_bits, device="meta",
+                dtype=linear.weight.dtype, **search)
         m._adopt(linear)
         return m
 
