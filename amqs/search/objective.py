@@ -160,7 +160,8 @@ def size_loss(expected_bytes: Tensor, current_bytes: float, target_bytes: float,
 
 @dataclass
 class SearchObjective:
-    """The architecture objective ``L_val = task_loss + lam * L_size`` (evaluate on search-val batches).
+    """The architecture objective ``L_val = task_loss + lam * L_size`` (evaluate on search-val batches), plus
+    ``lam * |log(E[T] / latency_ms)|`` with a latency budget (:mod:`amqs.search.latency`).
 
     ``task_loss(model, batch)`` defaults to CE; pass e.g. an ``amqs.train.distill.DistillLoss`` to add
     distillation in the same forward pass, or ``None`` for the size term alone.
@@ -201,7 +202,8 @@ class SearchObjective:
 
     def expected_latency(self, model: nn.Module, committed: bool = False) -> Tensor:
         """``E[T]`` in ms under ``softmax(alpha)`` (or, ``committed``, of the argmax architecture)."""
-        assert self.latency_table is not None
+        if self.latency_table is None:
+            raise ValueError("this objective has no latency budget (budget.latency_ms, search.latency_table)")
         probs = _argmax_probs if committed else None
         return self.latency_table.predict(*kept_counts(model, self.latency_table, probs))
 
@@ -222,9 +224,10 @@ class SearchObjective:
         else:
             task = self.task_loss(model, batch)  # type: ignore[arg-type]
             loss = task + self.lam * size.to(task.device, task.dtype)
-        if self.latency_ms is not None:
+        if self.latency_ms is not None:  # weighted like the size term: lam, or 1 for the size terms alone
             t = self.expected_latency(model)
-            loss = loss + self.lam * size_loss(t, float(t.detach()), self.latency_ms, 0.0).to(loss.device, loss.dtype)
+            weight = 1.0 if self.task_loss is None else self.lam
+            loss = loss + weight * size_loss(t, float(t.detach()), self.latency_ms, 0.0).to(loss.device, loss.dtype)
         if self.entropy_weight:
             loss = loss + self.entropy_weight * self.entropy_scale * arch_entropy_term(model).to(loss.device, loss.dtype)
         return loss
