@@ -82,3 +82,29 @@ def test_expected_counts_are_differentiable_in_the_logits() -> None:
     table().predict(heads, neurons).backward()
     v = supernet_modules(model)["bert.encoder.layer.0.attention.self.value"]
     assert v.arch_logits.grad is not None and v.arch_logits.grad[:, 0].abs().sum() > 0
+
+
+def test_table_builder_and_check_on_tiny_exports(tmp_path_factory: pytest.TempPathFactory, glue_dir: Path) -> None:
+    """bench/latency_table.py build -> a LatencyTable of the tiny geometry; check -> one row per export."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.conftest import REPO
+    from tests.test_runtime import tiny_exports
+
+    tiny = tiny_exports(tmp_path_factory, glue_dir)
+    out = tmp_path_factory.mktemp("latency")
+    script = [sys.executable, str(REPO / "bench" / "latency_table.py")]
+    subprocess.run(script + ["build", "--model", str(tiny.root / "teachers" / "bert-tiny-sst2" / "model"), "--out",
+                             str(out), "--name", "tiny", "--shapes", "1x16", "--threads", "1", "--rounds", "2",
+                             "--warmup", "1"], check=True, cwd=REPO, capture_output=True)
+    table = LatencyTable.from_json(out / "tiny-1x16-t1.json")
+    assert (table.layers, table.num_heads, table.intermediate, table.heads[-1]) == (2, 4, 128, 4)
+    assert all(ms > 0 for ms in table.attn_ms + table.ffn_ms)
+    subprocess.run(script + ["check", "--table", str(out / "tiny-1x16-t1.json"), str(tiny.quant_export), "--random",
+                             "1", "--rounds", "2", "--warmup", "1"], check=True, cwd=REPO, capture_output=True)
+    rows = pd.read_csv(out / "check.csv")
+    assert len(rows) == 2 and rows.loc[0, "heads"] == 7  # the tiny export removed one head of layer 0
+    assert (rows["predicted_over_full"] <= 1).all() and (rows["measured_over_full"] > 0).all()
