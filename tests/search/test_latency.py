@@ -102,9 +102,11 @@ def test_table_builder_and_check_on_tiny_exports(tmp_path_factory: pytest.TempPa
                              "--warmup", "1"], check=True, cwd=REPO, capture_output=True)
     table = LatencyTable.from_json(out / "tiny-1x16-t1.json")
     assert (table.layers, table.num_heads, table.intermediate, table.heads[-1]) == (2, 4, 128, 4)
-    assert all(ms > 0 for ms in table.attn_ms + table.ffn_ms)
+    assert all(ms > 0 for ms in table.attn_ms + table.ffn_ms)  # values, not their order: 2 rounds are noise
     subprocess.run(script + ["check", "--table", str(out / "tiny-1x16-t1.json"), str(tiny.quant_export), "--random",
                              "1", "--rounds", "2", "--warmup", "1"], check=True, cwd=REPO, capture_output=True)
     rows = pd.read_csv(out / "check.csv")
     assert len(rows) == 2 and rows.loc[0, "heads"] == 7  # the tiny export removed one head of layer 0
-    assert (rows["predicted_over_full"] <= 1).all() and (rows["measured_over_full"] > 0).all()
+    # timings of 2 rounds are noise: only that every row has a finite prediction, measurement and error
+    assert rows[["predicted_over_full", "measured_over_full", "error"]].notna().all().all()
+    assert (rows["predicted_over_full"] > 0).all() and (rows["measured_over_full"] > 0).all()
