@@ -49,12 +49,11 @@ def main() -> None:
         run, export = (Path(x) for x in item.split("="))
         m, correct = _run(run)
         d = paired_bootstrap(correct, ref)
+        file_bytes = json.loads((export / "export.json").read_text())["file_bytes"]
         rows.append({"run": str(run), "export": str(export), "encoder_bytes": m["encoder_bytes"],
                      "compression": m["compression"], "total_bytes": m["total_bytes"],
                      "total_compression": m["total_compression"],
-                     "file_bytes": json.loads((export / "export.json").read_text())["file_bytes"],
-                     "meets_file_goal": json.loads((export / "export.json").read_text())["file_bytes"]
-                     <= FP32_TOTAL_BYTES_LIMIT,
+                     "file_bytes": file_bytes, "meets_file_goal": file_bytes <= FP32_TOTAL_BYTES_LIMIT,
                      "dev_accuracy": m["dev_accuracy"], "minus_reference_points": round(100 * d.mean, 2),
                      "interval_95": f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]", "seconds": m.get("seconds"),
                      "command": m.get("command", "")})
