@@ -132,13 +132,18 @@ def check_latency_budget(table: LatencyTable, model: nn.Module, target_ms: float
     if geometry != (table.layers, table.num_heads, table.intermediate):
         raise ValueError(f"search.latency_table={source}: measured for (layers, heads, FFN) = "
                          f"{(table.layers, table.num_heads, table.intermediate)}, the model has {geometry}")
-    gone = lambda m: torch.nn.functional.one_hot(  # noqa: E731  every subgroup pruned where it can be
-        torch.zeros(m.num_subgroups, dtype=torch.long), len(m.choices)).double()
+    gone = lambda m: one_hot_probs(m, torch.zeros(m.num_subgroups, dtype=torch.long))  # noqa: E731  all pruned
     fastest = float(table.predict(*kept_counts(model, table, gone)))
     if not fastest <= target_ms <= table.full_ms:
         raise ValueError(f"budget.latency_ms={target_ms} is outside the feasible range [{fastest:.3f}, "
                          f"{table.full_ms:.3f}] ms of this space at {table.batch}x{table.length}, "
                          f"{table.threads} thread(s) (search.latency_table={source})")
+
+
+def one_hot_probs(m: nn.Module, index: Tensor) -> Tensor:
+    """Probabilities ``[G, C]`` of a searched module that pick choice ``index[g]`` for certain (for
+    :func:`kept_counts`: a committed architecture)."""
+    return torch.nn.functional.one_hot(index.to(m.arch_logits.device), m.arch_logits.shape[1]).double()
 
 
 def _prunable(m: nn.Module | None) -> bool:
@@ -160,4 +165,4 @@ def _kept_heads(v: nn.Module, probs: Callable[[nn.Module], Tensor], num_heads: i
     return num_heads - torch.stack(gone).sum()
 
 
-__all__ = ["LatencyTable", "check_latency_budget", "kept_counts"]
+__all__ = ["LatencyTable", "check_latency_budget", "kept_counts", "one_hot_probs"]

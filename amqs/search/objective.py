@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
 from amqs.quant.size import ENCODER_PREFIX, model_size, qparam_bits
-from amqs.search.latency import LatencyTable, kept_counts
+from amqs.search.latency import LatencyTable, kept_counts, one_hot_probs
 from amqs.search.supernet import arch_entropy, arch_entropy_term, entropy_fraction, supernet_modules
 from amqs.train.losses import LossFn, ce_loss
 
@@ -260,7 +260,7 @@ class SearchObjective:
 
 
 def _argmax_probs(m: nn.Module) -> Tensor:
-    return nn.functional.one_hot(m.arch_logits.detach().argmax(-1), m.arch_logits.shape[1]).double()
+    return one_hot_probs(m, m.arch_logits.detach().argmax(-1))
 
 
 def decision_stats(model: nn.Module, committed_bytes: float, target_bytes: float) -> dict[str, float]:
