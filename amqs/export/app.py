@@ -161,66 +161,138 @@ def export_model(student: torch.nn.Module, tokenizer, out: Path, *, task: str, m
     return facts
 
 
-def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threads: Optional[int]) -> dict[str, Any]:
-    """Dev metrics of the fake-quantized PyTorch model and of the exported one, same batches."""
+def dev_loader(cfg, tokenizer) -> Any:
+    """The run's dev split, batched as every parity check reads it."""
     from amqs.data.glue import load_glue
     from amqs.data.loaders import make_loader
-    from amqs.train.metrics import METRICS, predict
+
+    dev = load_glue(cfg.data)["dev"]
+    return make_loader(dev, tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False,
+                       progress=cfg.train.progress)
+
+
+def parity(reference: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, metrics: Sequence[str],
+           suffix: str) -> dict[str, Any]:
+    """Dev metrics of the fake-quantized student (``reference``) and of another model's ``logits`` on the same
+    examples (``dev_<metric>_fakequant``, ``dev_<metric>_<suffix>``), their largest and median logit difference and
+    the share of equal predictions."""
+    from amqs.train.metrics import METRICS
+
+    diff = (logits - reference).abs().amax(dim=-1)  # per example
+    out: dict[str, Any] = {"dev_examples": len(labels), "max_logit_diff": float(diff.max()),
+                           "median_logit_diff": float(diff.median())}
+    for name in metrics:
+        out[f"dev_{name}_fakequant"] = METRICS[name](reference.argmax(-1), labels)
+        out[f"dev_{name}_{suffix}"] = METRICS[name](logits.argmax(-1), labels)
+    out["prediction_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).float().mean())
+    return out
+
+
+def compare_on_dev(student: torch.nn.Module, exported: ExportedModel, cfg, threads: Optional[int]) -> dict[str, Any]:
+    """Dev metrics of the fake-quantized PyTorch model and of the exported one, same batches."""
+    from amqs.train.metrics import predict
 
     if threads:
         torch.set_num_threads(threads)
-    dev = load_glue(cfg.data)["dev"]
-    loader = make_loader(dev, exported.tokenizer, max_length=int(cfg.data.max_length), batch_size=64, shuffle=False,
-                         progress=cfg.train.progress)
+    loader = dev_loader(cfg, exported.tokenizer)
     torch_logits, labels = predict(student, loader)
     ort_logits = torch.from_numpy(exported.predict_loader(loader))  # the same batches, tokenized once
-    diff = (ort_logits - torch_logits).abs().amax(dim=-1)  # per example
-    out: dict[str, Any] = {"dev_examples": len(labels), "max_logit_diff": float(diff.max()),
-                           "median_logit_diff": float(diff.median())}
-    for name in exported.task.metrics:
-        out[f"dev_{name}_fakequant"] = METRICS[name](torch_logits.argmax(-1), labels)
-        out[f"dev_{name}_exported"] = METRICS[name](ort_logits.argmax(-1), labels)
-    out["prediction_agreement"] = float((ort_logits.argmax(-1) == torch_logits.argmax(-1)).float().mean())
-    return out
+    return parity(torch_logits, ort_logits, labels, exported.task.metrics, "exported")
+
+
+def compare_hf_on_dev(student: torch.nn.Module, folder: Path, cfg, tokenizer) -> dict[str, Any]:
+    """Dev metrics of the fake-quantized student and of the HF folder loaded back with
+    ``AutoModelForSequenceClassification`` (which proves it loads), same batches."""
+    from transformers import AutoModelForSequenceClassification
+
+    from amqs.data.glue import task_spec
+    from amqs.train.metrics import predict
+
+    loader = dev_loader(cfg, tokenizer)
+    torch_logits, labels = predict(student, loader)
+    hf_logits, _ = predict(AutoModelForSequenceClassification.from_pretrained(folder).eval(), loader)
+    return parity(torch_logits, hf_logits, labels, task_spec(cfg.data).metrics, "hf")
+
+
+FORMATS = ("onnx", "hf", "both")
 
 
 def export_run(run_dir: Path, out: Path, *, evaluate: bool = True, remove_pruned: bool = True,
                threads: Optional[int] = None, results_dir: Optional[Path] = Path("outputs"),
-               command: str = "") -> dict[str, Any]:
+               command: str = "", fmt: str = "onnx") -> dict[str, Any]:
+    """Export a finished run: ``fmt`` ``onnx`` (the deployable model, into ``out``), ``hf`` (the dequantized
+    student as a ``save_pretrained`` folder, :mod:`amqs.export.hf`, into ``out``) or ``both`` (HF into ``out/hf``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     t0 = time.time()
     student, tokenizer, cfg, assignment, run_metrics = load_run(run_dir)
     if evaluate and results_dir is not None:  # before any work: a debug run's row never lands in results/
         check_results_dir(results_dir, smoke=bool(cfg.get("smoke")), model_source=cfg.model.source)
+    meta = {"source_run": str(run_dir), "compression": run_metrics.get("compression"),
+            "pruned_fraction": 0.0 if assignment is None else pruned_fraction(assignment),
+            "git_revision": git_revision(), "command": command}
+    result: dict[str, Any] = {}
+    if fmt != "hf":
+        result = _export_onnx(student, tokenizer, cfg, run_dir, Path(out), meta, evaluate=evaluate,
+                              remove_pruned=remove_pruned, threads=threads, results_dir=results_dir)
+    if fmt != "onnx":
+        hf = _export_hf(student, tokenizer, cfg, run_dir, Path(out) / "hf" if fmt == "both" else Path(out), meta,
+                        evaluate=evaluate)
+        result = result or hf
+    write_json(Path(out) / "metrics.json", {"run": run_metrics, **_read_json(Path(out) / "metrics.json"),
+                                             "seconds": round(time.time() - t0, 1)})
+    return result
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _export_hf(student, tokenizer, cfg, run_dir: Path, out: Path, meta: dict, *, evaluate: bool) -> dict[str, Any]:
+    """The HF folder of the student, with its dev parity against the fake-quantized student."""
+    from amqs.export.hf import save_hf
+
+    bits = resolve_run(run_dir) / "bits.json"
+    facts = save_hf(student, tokenizer, out, labels=label_names(student.config, cfg.data.task),
+                    bits_file=bits if bits.is_file() else None, meta=meta)
+    parity_hf = compare_hf_on_dev(student, out, cfg, tokenizer) if evaluate else {}
+    if parity_hf:
+        log.info("dev parity of the HF folder: %s", parity_hf)
+    write_json(out / "metrics.json", {"export_hf": facts, "parity_hf": parity_hf})
+    return {**facts, **parity_hf}
+
+
+def _export_onnx(student, tokenizer, cfg, run_dir: Path, out: Path, meta: dict, *, evaluate: bool,
+                 remove_pruned: bool, threads: Optional[int], results_dir: Optional[Path]) -> dict[str, Any]:
+    """The ONNX export, its dev parity and (measured runs) its row of ``<results>/exports.csv``."""
     src = resolve_run(run_dir)
     facts = export_model(student, tokenizer, out, task=cfg.data.task, max_length=int(cfg.data.max_length),
-                         remove_pruned=remove_pruned,
-                         meta={"source_run": str(run_dir), "compression": run_metrics.get("compression"),
-                               "pruned_fraction": 0.0 if assignment is None else pruned_fraction(assignment),
-                               "git_revision": git_revision(),
-                               "command": command})
-    if assignment is not None:
-        shutil.copyfile(src / "bits.json", Path(out) / "bits.json")
-    log.info("wrote %s: %d bytes on disk, %d accounted", Path(out) / MODEL_FILE, facts["file_bytes"],
+                         remove_pruned=remove_pruned, meta=meta)
+    if (src / "bits.json").is_file():
+        shutil.copyfile(src / "bits.json", out / "bits.json")
+    log.info("wrote %s: %d bytes on disk, %d accounted", out / MODEL_FILE, facts["file_bytes"],
              facts["accounted_bytes"])
     parity: dict[str, Any] = {}
     if evaluate:
         parity = compare_on_dev(student, ExportedModel(out, threads=threads), cfg, threads)
         log.info("dev parity: %s", parity)
-    write_json(Path(out) / "metrics.json", {"run": run_metrics, "export": facts, "parity": parity,
-                                             "seconds": round(time.time() - t0, 1)})
+    write_json(out / "metrics.json", {"export": facts, "parity": parity})
     if evaluate and results_dir is not None:
-        row = {"task": cfg.data.task, "source": str(run_dir), "export": str(out),
-               "compression": run_metrics.get("compression"),
-               "pruned_fraction": round(facts["pruned_fraction"], 4), "file_bytes": facts["file_bytes"],
-               "accounted_bytes": facts["accounted_bytes"], "encoder_stored_bytes": facts["encoder_stored_bytes"],
-               "encoder_accounted_bytes": facts["encoder_accounted_bytes"],
-               "dev_accuracy_fakequant": parity["dev_accuracy_fakequant"],
-               "dev_accuracy_exported": parity["dev_accuracy_exported"], "max_logit_diff": parity["max_logit_diff"],
-               "median_logit_diff": parity["median_logit_diff"], "prediction_agreement": parity["prediction_agreement"],
-               "removed_ffn_fraction": round(facts["removed_ffn_fraction"], 4),
-               "removed_heads": sum(len(v) for v in facts["removed_heads"].values()), "command": command}
-        upsert_csv(Path(results_dir) / "exports.csv", row, key=("source", "export"), columns=EXPORT_COLUMNS)
+        _export_row(cfg, run_dir, out, facts, parity, results_dir, meta["command"])
     return {**facts, **parity}
+
+
+def _export_row(cfg, run_dir: Path, out: Path, facts: dict, parity: dict, results_dir: Path, command: str) -> None:
+    row = {"task": cfg.data.task, "source": str(run_dir), "export": str(out), "compression": facts.get("compression"),
+           "pruned_fraction": round(facts["pruned_fraction"], 4), "file_bytes": facts["file_bytes"],
+           "accounted_bytes": facts["accounted_bytes"], "encoder_stored_bytes": facts["encoder_stored_bytes"],
+           "encoder_accounted_bytes": facts["encoder_accounted_bytes"],
+           "dev_accuracy_fakequant": parity["dev_accuracy_fakequant"],
+           "dev_accuracy_exported": parity["dev_accuracy_exported"], "max_logit_diff": parity["max_logit_diff"],
+           "median_logit_diff": parity["median_logit_diff"], "prediction_agreement": parity["prediction_agreement"],
+           "removed_ffn_fraction": round(facts["removed_ffn_fraction"], 4),
+           "removed_heads": sum(len(v) for v in facts["removed_heads"].values()), "command": command}
+    upsert_csv(Path(results_dir) / "exports.csv", row, key=("source", "export"), columns=EXPORT_COLUMNS)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -232,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-pruned", action="store_true",
                    help="store pruned neurons/heads as zero rows instead of removing them")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the parity check")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="onnx",
+                   help="onnx: the deployable model (default); hf: the dequantized student as a save_pretrained "
+                        "folder that AutoModelForSequenceClassification loads; both: ONNX in --out, HF in --out/hf")
     p.add_argument("--results", type=Path, default=Path("outputs"),
                    help="folder of the exports.csv row (default outputs/; the measured table: --results results)")
     return p
@@ -243,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)
     with user_errors("amqs-export"):
         r = export_run(args.run_dir, args.out, evaluate=not args.no_eval, remove_pruned=not args.keep_pruned,
-                       threads=args.threads, results_dir=args.results, command=command)
+                       threads=args.threads, results_dir=args.results, command=command, fmt=args.fmt)
     print({k: r[k] for k in ("file_bytes", "accounted_bytes", "removed_ffn_fraction") if k in r}
           | {k: v for k, v in r.items() if k.startswith("dev_") or k == "max_logit_diff"})
 
