@@ -84,7 +84,10 @@ def table_rows(path: Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> 
             if not row:  # a trailing empty line is harmless
                 continue
             if len(row) != len(header):
-                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} {name}-separated fields, got {len(row)}")
+                hint = ("; TSV fields are read unquoted: a file with quoted fields is read as CSV (.csv)"
+                        if quoting == csv.QUOTE_NONE else "")
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} {name}-separated fields, "
+                                f"got {len(row)}{hint}")
             rows.append((reader.line_num, row))
     return header, rows
 
@@ -132,7 +135,8 @@ def records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     fmt = file_format(path)
     if fmt in ("csv", "tsv"):
-        header, rows = table_rows(path, "," if fmt == "csv" else "\t")
+        # TSV fields are unquoted (IANA TSV, as GLUE's files: MRPC's sentences hold bare quotes); CSV's may be quoted
+        header, rows = table_rows(path, *((",", csv.QUOTE_MINIMAL) if fmt == "csv" else ("\t", csv.QUOTE_NONE)))
         for line, row in rows:
             yield line, dict(zip(header, row))
         return

@@ -143,3 +143,24 @@ def test_the_files_preset_composes_and_needs_a_train_file(tmp_path: Path) -> Non
     with pytest.raises(DataError, match=r"unknown task 'files' \(data.task\) and no data.train_file: .* data=files "
                                         r"data.train_file=<CSV, TSV, JSON or JSONL file>"):
         task_spec(compose_cfg("finetune", ["data=files"]).data)
+
+
+def test_tsv_fields_are_unquoted_and_a_quoted_tsv_names_the_line(tmp_path: Path) -> None:
+    t = read_texts(_write(tmp_path / "q.tsv", 'review\tstars\n"a" quote\tgood\nsaid "no\tbad\n'), REVIEWS)
+    assert t.text_a == ('"a" quote', 'said "no')  # bare quotes are text, as in GLUE's MRPC
+    with pytest.raises(DataError, match=r"x\.tsv:3: expected 2 tab-separated fields, got 3; TSV fields are read "
+                                        r"unquoted: a file with quoted fields is read as CSV"):
+        read_texts(_write(tmp_path / "x.tsv", 'review\tstars\nok\tgood\n"tab\tinside"\tbad\n'), REVIEWS)
+
+
+@pytest.mark.parametrize("task,folder,text,pair,label", [("mrpc", "MRPC", "#1 String", "#2 String", "Quality"),
+                                                         ("sst2", "SST-2", "sentence", None, "label")])
+def test_glue_through_the_files_path_gives_the_presets_rows(glue_dir: Path, task: str, folder: str, text: str,
+                                                            pair: str | None, label: str) -> None:
+    preset = load_glue(DataConfig(task=task, glue_dir=str(glue_dir)))
+    files = load_glue(DataConfig(task=task, train_file=str(glue_dir / folder / "train.tsv"), glue_dir=None,
+                                 validation_file=str(glue_dir / folder / "dev.tsv"), text_column=text,
+                                 text_pair_column=pair, label_column=label))
+    for split in ("train", "search_val", "dev"):
+        assert preset[split].features == files[split].features
+        assert preset[split][:] == files[split][:], split
