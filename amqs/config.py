@@ -76,6 +76,12 @@ class DataConfig:
     text_pair_column: Optional[str] = None  # the second text of a pair task; null: single texts
     # Strings or integers, any number of classes; ids follow the sorted distinct labels of the train file.
     label_column: str = "label"
+    # Any `datasets` dataset by name (conf/data/dataset.yaml; amqs.data.named): a hub id or a local folder of data
+    # files; the column keys above apply. Set: it is the data (not with train_file) and glue_dir is not read.
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None  # the dataset's config name (glue: sst2, mrpc, ...)
+    train_split: str = "train"
+    validation_split: Optional[str] = "validation"  # the dev split; null: a seeded validation_fraction of train
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The data of a run: GLUE SST-2 and MRPC (from the HF hub, or from a local folder in the GLUE TSV layout), or
-your own files (``data.train_file``, :mod:`amqs.data.files`).
+"""The data of a run: GLUE SST-2 and MRPC (from the HF hub, or from a local folder in the GLUE TSV layout),
+your own files (``data.train_file``, :mod:`amqs.data.files`) or any ``datasets`` dataset by name
+(``data.dataset``, :mod:`amqs.data.named`).
 
 Every split comes out with the same columns — ``text_a``, ``text_b`` (None for single-sentence
 tasks) and ``label`` — whatever the source, so nothing downstream knows where data came from.
@@ -83,7 +84,8 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise DataError(f"unknown task {name!r} (data.task) and no data.train_file: known tasks {sorted(TASKS)}, "
-                        "or your own files with data=files data.train_file=<CSV, TSV, JSON or JSONL file>") from None
+                        "or your own files with data=files data.train_file=<CSV, TSV, JSON or JSONL file>, "
+                        "or a datasets dataset with data=dataset data.dataset=<hub id or local folder>") from None
 
 
 def _columns(cfg: Any) -> Columns:
@@ -98,6 +100,12 @@ def _has_files(cfg: Any) -> bool:
     return bool(getattr(cfg, "train_file", None))  # (a config saved before the key existed has none)
 
 
+def _has_dataset(cfg: Any) -> bool:
+    if getattr(cfg, "dataset", None) and _has_files(cfg):
+        raise DataError(f"data.dataset={cfg.dataset!r} and data.train_file={cfg.train_file!r}: set one of them")
+    return bool(getattr(cfg, "dataset", None))
+
+
 def task_spec(cfg: DataConfig) -> TaskSpec:
     """The task of a data config: a GLUE task by ``data.task``, or with ``data.train_file`` a task named
     ``data.task`` whose labels are the train file's (read once; :func:`amqs.data.files.label_vocabulary`).
@@ -106,6 +114,11 @@ def task_spec(cfg: DataConfig) -> TaskSpec:
         >>> task_spec(DataConfig(task="mrpc")).num_labels
         2
     """
+    if _has_dataset(cfg):
+        from amqs.data import named
+
+        return TaskSpec(name=cfg.task, label_names=named.class_names(cfg) or label_vocabulary(
+            named.read_split(cfg, cfg.train_split, "train_split", _columns(cfg))))
     if not _has_files(cfg):
         return get_task(cfg.task)
     return TaskSpec(name=cfg.task, label_names=label_vocabulary(_train_texts(cfg)))
@@ -139,7 +152,12 @@ HUB_HINT = ("set AMQS_GLUE_DIR (or data.glue_dir) to a local folder in the GLUE 
             "(<dir>/SST-2/train.tsv ...; on the build machines ../shared/data/glue)")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_offline() -> bool:
+    """Whether HF_DATASETS_OFFLINE or HF_HUB_OFFLINE asks for cached copies only."""
+    return any(os.environ.get(k, "") not in ("", "0") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the HF hub answers a TCP connection within ``timeout`` seconds (datasets itself retries for ~30 s)."""
     import socket
     from urllib.parse import urlparse
@@ -153,9 +171,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _load_hub(task: TaskSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
-    offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0") or \
-        os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    if not offline and not _hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise DataError(f"no data folder is set and the Hugging Face hub is unreachable from here: {HUB_HINT}, "
                         "or HF_DATASETS_OFFLINE=1 to use a cached copy")
     try:
@@ -179,14 +195,29 @@ def _load_hub(task: TaskSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
     return convert(raw["train"]), convert(raw["validation"])
 
 
+def _train_dev(train: Texts, dev: Optional[Texts], names: tuple[str, ...], cfg: DataConfig,
+               known: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, dev) datasets of checked rows; without ``dev`` a seeded validation_fraction of train is dev
+    (search_val is carved from the rest later)."""
+    train_ds = to_dataset(train, names, known)
+    if dev is None:
+        return split_search_val(train_ds, cfg.validation_fraction, cfg.split_seed, setting="data.validation_fraction")
+    return train_ds, to_dataset(dev, names, known)
+
+
 def _load_files(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
     train = _train_texts(cfg)
-    names = label_vocabulary(train)
-    train_ds = to_dataset(train, names)
-    if not cfg.validation_file:  # a seeded slice of train is dev; search_val is carved from the rest later
-        return split_search_val(train_ds, cfg.validation_fraction, cfg.split_seed, setting="data.validation_fraction")
-    dev = read_texts(Path(os.path.expanduser(cfg.validation_file)), _columns(cfg))
-    return train_ds, to_dataset(dev, names)
+    dev = read_texts(Path(os.path.expanduser(cfg.validation_file)), _columns(cfg)) if cfg.validation_file else None
+    return _train_dev(train, dev, label_vocabulary(train), cfg, "the train file's labels")
+
+
+def _load_named(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
+    from amqs.data import named
+
+    train = named.read_split(cfg, cfg.train_split, "train_split", _columns(cfg))
+    dev = (named.read_split(cfg, cfg.validation_split, "validation_split", _columns(cfg))
+           if cfg.validation_split else None)
+    return _train_dev(train, dev, named.label_names(cfg, train), cfg, "the train split's labels")
 
 
 def load_raw(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -197,6 +228,8 @@ def load_raw(cfg: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
 
         train, dev = load_raw(DataConfig(task="sst2", glue_dir="../shared/data/glue"))
     """
+    if _has_dataset(cfg):
+        return _load_named(cfg)
     if _has_files(cfg):
         return _load_files(cfg)
     task = get_task(cfg.task)
