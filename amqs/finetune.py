@@ -35,7 +35,7 @@ from amqs.utils.sweep import hydra_job
 
 log = logging.getLogger(__name__)
 
-TEACHER_COLUMNS = ("run", "task", "model", "search_val", "dev_accuracy", "dev_f1", "epochs", "train_examples",
+TEACHER_COLUMNS = ("run", "task", "model", "search_val", "dev_accuracy", "dev_f1", "dev_macro_f1", "epochs", "train_examples",
                    "max_length", "seconds", "threads", "cpu", "config_hash", "command")
 
 

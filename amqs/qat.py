@@ -29,7 +29,7 @@ from amqs.utils.run import check_results_dir, check_writable, run_dir, table_row
 from amqs.utils.sweep import hydra_job
 
 BASELINE_COLUMNS = ("run", "task", "model", "method", "weight_bits", "act_bits", "emb_bits", "encoder_bytes",
-                    "total_bytes", "compression", "dev_accuracy", "dev_f1", "train_examples", "epochs", "seconds",
+                    "total_bytes", "compression", "dev_accuracy", "dev_f1", "dev_macro_f1", "train_examples", "epochs", "seconds",
                     "threads", "cpu", "config_hash", "command")
 
 

@@ -172,3 +172,42 @@ def test_an_unlabelled_jsonl_and_an_unknown_label(reviews_export: Path, tmp_path
                                                "--label-column", "stars", "--output", str(tmp_path / "b.tsv")]),
                          r"amqs-predict: .*bad\.csv:3: label 'great' is not one of the model's labels "
                          r"\['bad', 'good', 'ok'\]", capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["files", "dataset"])
+def test_your_data_finetune_search_export_predict(source: str, tmp_path: Path) -> None:
+    """Issue 16's path for data that is not GLUE-shaped: the 3-class reviews as CSV files, or as a `datasets`
+    folder (parquet, ClassLabel in another order): fine-tune -> search (smoke) -> export -> predict."""
+    import datasets
+
+    from amqs.export.app import export_run
+    from amqs.finetune import run as finetune
+    from amqs.search.app import run as search
+    from tests.conftest import compose_cfg
+    from tests.test_finetune import FILES_OVERRIDES
+
+    data = FILES_OVERRIDES
+    if source == "dataset":
+        names = ["ok", "good", "bad"]
+        for split, f in (("train", "reviews_train.csv"), ("validation", "reviews_dev.csv")):
+            rows = list(csv.DictReader((REVIEWS / f).open()))
+            feats = datasets.Features({"review": datasets.Value("string"), "stars": datasets.ClassLabel(names=names)})
+            datasets.Dataset.from_dict({"review": [r["review"] for r in rows],
+                                        "stars": [names.index(r["stars"]) for r in rows]},
+                                       features=feats).to_parquet(str(tmp_path / f"{split}.parquet"))
+        data = ["data=dataset", f"data.dataset={tmp_path}", "data.text_column=review", "data.label_column=stars"]
+    ov = ["debug=smoke", *data, f"paths.results_dir={tmp_path}", "data.task=reviews"]
+    finetune(compose_cfg("finetune", ov))
+    cfg = compose_cfg("search", ov)
+    metrics = search(cfg, command="test")
+    assert 0.0 <= metrics["dev_macro_f1"] <= 1.0
+    export = tmp_path / "exports" / "reviews"
+    facts = export_run(tmp_path / "runs" / cfg.name, export, threads=1, results_dir=tmp_path)
+    assert facts["num_labels"] == 3 and facts["prediction_agreement"] == 1.0
+    expected = ["ok", "good", "bad"] if source == "dataset" else ["bad", "good", "ok"]
+    assert json.loads((export / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(expected)}
+    result = predict_file(export, REVIEWS / "reviews_dev.csv", tmp_path / "p.tsv", columns=Columns("review", "stars"))
+    header, _, logits = _read_predictions(tmp_path / "p.tsv")
+    assert header[3:6] == [f"prob_{n}" for n in expected] and logits.shape == (6, 3)
+    assert result["examples"] == 6 and 0.0 <= result["accuracy"] <= 1.0

@@ -29,9 +29,10 @@ from amqs.utils.run import check_results_dir, check_writable, relative_run, run_
 from amqs.utils.sweep import hydra_job
 
 SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
-                  "encoder_bytes", "compression", "total_bytes", "total_compression", "size_scope", "avg_bits", "pruned_fraction", "dev_accuracy", "dev_f1",
-                  "train_examples", "epochs", "seconds", "threads", "cpu", "entropy_fraction", "expected_over_budget",
-                  "repair_fraction", "undecided", "moved_fraction", "config_hash", "command")
+                  "encoder_bytes", "compression", "total_bytes", "total_compression", "size_scope", "avg_bits",
+                  "pruned_fraction", "dev_accuracy", "dev_f1", "dev_macro_f1", "train_examples", "epochs", "seconds",
+                  "threads", "cpu", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided",
+                  "moved_fraction", "config_hash", "command")
 
 
 def run(cfg: DictConfig, command: str = "amqs-search") -> dict[str, Any]:

@@ -442,6 +442,7 @@ def _search_metrics(cfg: DictConfig, assignment: BitAssignment, retrain: dict[st
         **{k: retrain[k] for k in ("task", "teacher", "encoder_bytes", "total_bytes", "fp32_encoder_bytes",
                                    "fp32_total_bytes", "compression", "total_compression", "dev_accuracy", "dev_f1",
                                    "dev_accuracy_ptq", "search_val_accuracy", "search_val_f1", "train_examples")},
+        "dev_macro_f1": retrain.get("dev_macro_f1"),  # (a retrain finished before it existed has none)
         "space": meta["space"], "budget_kind": cfg.budget.kind, "budget_value": cfg.budget.value,
         "size_scope": meta.get("size_scope", "encoder"),  # derived_encoder_bytes etc. measure this scope
         "target_bytes": meta["target_bytes"], "derived_encoder_bytes": meta["encoder_bytes"],
