@@ -76,7 +76,8 @@ _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, (
                     ("search", "size_on"): "argmax", ("search", "prior"): "none", ("train", "init"): "rtn",
                     ("budget", "latency_ms"): None, ("search", "latency_table"): None,
                     ("data", "train_file"): None, ("data", "validation_file"): None, ("data", "validation_fraction"): 0.1,
-                    ("data", "text_column"): "text", ("data", "text_pair_column"): None, ("data", "label_column"): "label"}
+                    ("data", "text_column"): "text", ("data", "text_pair_column"): None, ("data", "label_column"): "label",
+                    ("model", "model_type"): None}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed
