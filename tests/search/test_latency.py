@@ -53,19 +53,29 @@ def test_bad_tables_fail_in_one_line(tmp_path: Path) -> None:
     assert LatencyTable.from_json(path) == table()
 
 
-@pytest.mark.parametrize("space_name", ["default", "structured"])
-def test_committed_counts_are_what_the_export_keeps(space_name: str) -> None:
-    model = tiny_bert()
-    space = load_space(space_name)
+def commit_random(model: torch.nn.Module, space, seed: int, edit=lambda name, bits: bits) -> None:
+    """Build the supernet of ``space`` and commit every subgroup to a random choice (``edit(name, bits)`` may change
+    a module's), by one-hot logits."""
     build_supernet(model, space)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, m in supernet_modules(model).items():
             c = m.choices.tolist()
             bits = [c[i] for i in torch.randint(0, len(c), (m.num_subgroups,), generator=gen).tolist()]
-            if name.endswith("layer.0.attention.self.value") or name.endswith("layer.0.attention.self.query"):
-                bits = [0] * (m.num_subgroups // 2) + bits[m.num_subgroups // 2:]  # heads 0 and 1 removed
-            m.arch_logits.copy_(one_hot_logits(bits, tuple(c)))
+            m.arch_logits.copy_(one_hot_logits(edit(name, bits), tuple(c)))
+
+
+@pytest.mark.parametrize("space_name", ["default", "structured"])
+def test_committed_counts_are_what_the_export_keeps(space_name: str) -> None:
+    model = tiny_bert()
+    space = load_space(space_name)
+
+    def heads_0_and_1_removed(name: str, bits: list[int]) -> list[int]:
+        if name.endswith("layer.0.attention.self.value") or name.endswith("layer.0.attention.self.query"):
+            return [0] * (len(bits) // 2) + bits[len(bits) // 2:]
+        return bits
+
+    commit_random(model, space, 0, heads_0_and_1_removed)
     heads, neurons = kept_counts(model, table())
     student = tiny_bert()
     apply_assignment(student, derived_assignment(model, space))
@@ -118,15 +128,8 @@ def test_other_families_count_what_their_export_keeps(model_type: str) -> None:
     """The value / FFN-in matrices are found by their BERT spelling (DistilBERT: v_lin, ffn.lin1)."""
     model = tiny_model(model_type)
     space = load_space("structured")
-    build_supernet(model, space)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, m in supernet_modules(model).items():
-            c = m.choices.tolist()
-            bits = [c[i] for i in torch.randint(0, len(c), (m.num_subgroups,), generator=gen).tolist()]
-            if canonical_name(name).endswith("layer.1.attention.self.value"):
-                bits = [0] * m.num_subgroups  # every head of layer 1 (tied Q/K/V)
-            m.arch_logits.copy_(one_hot_logits(bits, tuple(c)))
+    commit_random(model, space, 1, lambda name, bits: [0] * len(bits)  # every head of layer 1 (tied Q/K/V)
+                  if canonical_name(name).endswith("layer.1.attention.self.value") else bits)
     heads, neurons = kept_counts(model, table())
     check_latency_budget(table(), model, 9.0)  # the model's geometry is the table's (DistilBERT's hidden_dim)
     student = tiny_model(model_type)
