@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BERT_ENCODER = "bert.encoder"
+_BERT_NAMES = (BERT_ENCODER + ".layer", BERT_ENCODER, "bert")  # BERT's layers, encoder and base model
 
 
 class UnsupportedModelError(ValueError):
@@ -68,13 +69,12 @@ class Family:
 
     def canonical(self, name: str) -> str:
         """``name`` (a module, or a tensor under one) in BERT's spelling; names outside the base model unchanged."""
-        return _translate(name, (self.layers, self.encoder, self.base), (BERT_ENCODER + ".layer", BERT_ENCODER, "bert"),
+        return _translate(name, (self.layers, self.encoder, self.base), _BERT_NAMES,
                           {own: bert for bert, own in self.renames})
 
     def own(self, canonical: str) -> str:
         """The family's own name of a BERT-spelled name (the inverse of :meth:`canonical`)."""
-        return _translate(canonical, (BERT_ENCODER + ".layer", BERT_ENCODER, "bert"), (self.layers, self.encoder, self.base),
-                          dict(self.renames))
+        return _translate(canonical, _BERT_NAMES, (self.layers, self.encoder, self.base), dict(self.renames))
 
     def layer_module(self, layer: int, role: str) -> str:
         """Own name of a module of ``layer`` given by its BERT-relative name (``"attention.self.value"``)."""

@@ -206,4 +206,5 @@ def pruned_fraction(assignment: BitAssignment, encoder_prefix: str | None = ENCO
 
 
 def _modules_under(assignment: BitAssignment, encoder_prefix: str | None) -> list[ModuleBits]:
-    return [mb for name, mb in assignment.modules.items() if encoder_prefix is None or under_prefix(name, encoder_prefix)]
+    return [mb for name, mb in assignment.modules.items()
+            if encoder_prefix is None or under_prefix(name, encoder_prefix)]
