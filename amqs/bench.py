@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from amqs.models.family import uses_token_types
 from amqs.runtime import EXPORT_FILE, MODEL_FILE, ExportedModel, load_session
 from amqs.utils.cli import user_errors
 from amqs.utils.provenance import cpu_name
@@ -147,7 +148,9 @@ def bench_against_fp32(fp32_model: torch.nn.Module, tokenizer, data_cfg, models:
     rows = []
     for batch, length in shapes:
         feed = _random_feed(batch, length, fp32_model.config.vocab_size)
-        tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
+        # every export takes token_type_ids (zeros here); a PyTorch model without token types takes none
+        tfeed = {k: torch.from_numpy(v) for k, v in feed.items()
+                 if k != "token_type_ids" or uses_token_types(fp32_model.config)}
 
         def torch_run() -> object:
             with torch.inference_mode():

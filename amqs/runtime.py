@@ -131,9 +131,10 @@ class ExportedModel:
         return self.predict_loader(loader)
 
     def predict_loader(self, loader) -> np.ndarray:
-        """Logits for the batches of an amqs.data loader (torch tensors, labels ignored)."""
-        out = [self.run(b["input_ids"].numpy(), b["attention_mask"].numpy(), b["token_type_ids"].numpy())
-               for b in loader]
+        """Logits for the batches of an amqs.data loader (torch tensors, labels ignored; no ``token_type_ids`` for a
+        tokenizer of a model without token types)."""
+        types = lambda b: b["token_type_ids"].numpy() if "token_type_ids" in b else None  # noqa: E731
+        out = [self.run(b["input_ids"].numpy(), b["attention_mask"].numpy(), types(b)) for b in loader]
         return np.concatenate(out) if out else np.zeros((0, int(self.meta["num_labels"])), np.float32)
 
     def predict_logits(self, text_a: Sequence[str], text_b: Optional[Sequence[str]] = None,

@@ -1,4 +1,4 @@
-"""amqs-pipeline end to end on the tiny BERT, and the teacher it picks."""
+"""amqs-pipeline end to end on the tiny BERT (and RoBERTa, DistilBERT), and the teacher it picks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from amqs.models.family import family_named
 from amqs.pipeline import run as pipeline
+from amqs.predict import predict_file
 from amqs.train.qat import resolve_teacher
 from tests.conftest import compose_cfg
 
@@ -66,3 +68,33 @@ def test_the_quickstart_composes_as_the_readme_runs_it() -> None:
     assert (cfg.budget.kind, cfg.budget.value, cfg.data.max_train_examples) == ("compression", 8.0, 2000)
     assert cfg.name == "sst2-minilm-l6-quickstart-compression8.0" and cfg.pipeline.export and cfg.pipeline.bench
     assert compose_cfg("pipeline", ["experiment=quickstart", "data=mrpc"]).name.startswith("mrpc-")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,model_type", [("roberta_tiny", "roberta"), ("distilbert_tiny", "distilbert")])
+def test_roberta_and_distilbert_fine_tune_search_export_and_predict(model: str, model_type: str, tmp_path: Path,
+                                                                    glue_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline on the other families: a structured search (heads tied over Q/K/V), a retrain with hidden-state
+    distillation from the lkd start, the export (parity on dev), the benchmark, then amqs-predict on the export."""
+    monkeypatch.setenv("AMQS_SHARED_DIR", str(tmp_path / "no-shared"))
+    cfg = _cfg(tmp_path, glue_dir, f"model={model}", "search.space=structured", "distill=hidden", "train.init=lkd",
+               "train.reconstruct.batches=2")
+    state = pipeline(cfg, command="test")
+    s, e = state["search"], state["export"]
+    assert state["teacher"]["source"].endswith(f"{model_type}-tiny-sst2-heldout/model")
+    assert s["compression"] == pytest.approx(13.0, rel=0.06)
+    retrain = tmp_path / "runs" / cfg.name / "retrain"
+    assert json.loads((retrain / "metrics.json").read_text())["init"] == "lkd"
+    assert len(json.loads((retrain / "reconstruct.json").read_text())["blocks"]) == 2
+    assert e["dev_accuracy_exported"] == e["dev_accuracy_fakequant"] == s["dev_accuracy"]
+    config = json.loads(Path(e["dir"], "config.json").read_text())
+    assert config["model_type"] == model_type and config["architectures"] == [family_named(model_type).classifier_class]
+    assert len(config["amqs"]["num_attention_heads"]) == 2
+    assert {r["model"] for r in state["bench"]} == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "searched"}
+    bits = json.loads(Path(e["dir"], "bits.json").read_text())
+    assert sum(name.startswith(family_named(model_type).encoder + ".") for name in bits["modules"]) == 12
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\na gripping , funny film\t1\ndull and lifeless\t0\n")
+    result = predict_file(Path(e["dir"]), dev, tmp_path / "predictions.tsv")
+    assert result["examples"] == 2 and 0.0 <= result["accuracy"] <= 1.0

@@ -1,10 +1,19 @@
-"""Tiny random BERTs and batches shared by the tests (no download, milliseconds per forward)."""
+"""Tiny random BERTs (and RoBERTas, DistilBERTs) and batches shared by the tests (no download, milliseconds per
+forward)."""
 
 
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 TINY = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=64)
@@ -18,6 +27,27 @@ def tiny_bert(seed: int = 0, dropout: float = 0.0, **overrides: int) -> BertForS
     torch.manual_seed(seed)
     cfg = BertConfig(**{**TINY, **overrides}, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return BertForSequenceClassification(cfg)
+
+
+FAMILIES = ("bert", "roberta", "distilbert")
+
+
+def tiny_model(model_type: str = "bert", seed: int = 0, dropout: float = 0.0, **overrides: int) -> PreTrainedModel:
+    """The tiny test model of a family (the tiny BERT's sizes; RoBERTa: one token type, positions from pad id 1)."""
+    if model_type == "bert":
+        return tiny_bert(seed, dropout, **overrides)
+    torch.manual_seed(seed)
+    sizes = {**TINY, **overrides}
+    if model_type == "roberta":
+        sizes["max_position_embeddings"] += 2  # positions start after the padding id (1)
+        return RobertaForSequenceClassification(RobertaConfig(
+            **sizes, type_vocab_size=1, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+    assert model_type == "distilbert", model_type
+    return DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=sizes["vocab_size"], dim=sizes["hidden_size"], n_layers=sizes["num_hidden_layers"],
+        n_heads=sizes["num_attention_heads"], hidden_dim=sizes["intermediate_size"],
+        max_position_embeddings=sizes["max_position_embeddings"], dropout=dropout, attention_dropout=dropout,
+        seq_classif_dropout=dropout))
 
 
 def batch(seed: int, n: int = 4, length: int = 8) -> dict[str, torch.Tensor]:

@@ -76,7 +76,8 @@ def make_loader(
     world_size: int = 1,
     progress: bool = True,
 ) -> DataLoader:
-    """A DataLoader of padded batches (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``).
+    """A DataLoader of padded batches (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``; no
+    ``token_type_ids`` from the tokenizer of a model without token types: :func:`amqs.models.loading.fit_tokenizer`).
 
     ``rank``/``world_size`` shard a shuffled loader across torchrun processes; ``progress=False``
     (``train.progress``) tokenizes without a progress bar.

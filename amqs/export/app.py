@@ -28,6 +28,7 @@ import torch
 
 from amqs.export.graph import build_model
 from amqs.export.materialize import BertArrays, materialize
+from amqs.models.family import family_named, under_prefix
 from amqs.quant import BitAssignment, model_size, pruned_fraction
 from amqs.quant.size import ENCODER_PREFIX
 from amqs.runtime import EXPORT_FILE, FORMAT, FORMAT_VERSION, MODEL_FILE, ExportedModel
@@ -81,8 +82,9 @@ def load_run(run_dir: Path) -> tuple[torch.nn.Module, Any, Any, Optional[BitAssi
 
 
 def initializer_bytes(model: onnx.ModelProto, prefix: str) -> int:
-    """Bytes of the stored tensors whose name starts with ``prefix`` (e.g. the encoder's)."""
-    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name.startswith(prefix))
+    """Bytes of the stored tensors whose name starts with ``prefix`` (e.g. the encoder's: BERT-spelled, so
+    ``bert.encoder.`` also counts ``roberta.encoder.`` and ``distilbert.transformer.``)."""
+    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if under_prefix(t.name, prefix))
 
 
 def label_names(config: Any, task: str) -> dict[int, str]:
@@ -108,7 +110,8 @@ def exported_config(config: Any, arrays: BertArrays, task: str) -> dict[str, Any
 
     Removed heads are HF's ``pruned_heads`` (``{layer: [original head ids]}``, which ``BertConfig`` reads and
     prunes by); what HF cannot say (per-layer FFN widths) is under ``amqs``: per layer the heads and the
-    intermediate size the graph computes with. ``id2label``/``label2id`` are always written (:func:`label_names`).
+    intermediate size the graph computes with. ``id2label``/``label2id`` are always written (:func:`label_names`),
+    and the family: ``model_type`` and ``architectures`` (the HF class the weights came from).
 
     Example::
 
@@ -118,6 +121,7 @@ def exported_config(config: Any, arrays: BertArrays, task: str) -> dict[str, Any
         cfg["id2label"]  # {"0": "negative", "1": "positive"}
     """
     config = copy.deepcopy(config)
+    config.architectures = [family_named(arrays.model_type).classifier_class]
     labels = label_names(config, task)
     config.id2label, config.label2id = labels, {n: i for i, n in labels.items()}
     config.pruned_heads = {i: ly.removed_heads for i, ly in enumerate(arrays.layers) if ly.removed_heads}

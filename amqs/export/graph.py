@@ -2,7 +2,11 @@
 
 Inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64 ``[batch, length]``, both
 dynamic); output ``logits`` (float ``[batch, num_labels]``). The graph is HF BERT's computation
-(absolute positions, post-LayerNorm, erf GELU, additive ``finfo(float32).min`` mask, tanh pooler).
+(absolute positions, post-LayerNorm, erf GELU, additive ``finfo(float32).min`` mask, tanh pooler), with the
+family's differences (:mod:`amqs.models.family`): RoBERTa's positions count the non-padding ids from
+``pad_token_id + 1`` and its head is dense + tanh + out_proj; DistilBERT has no token types (the
+``token_type_ids`` input is kept, so every export takes the same inputs, and ignored) and a ReLU head.
+Node and initializer names are the model's own module names.
 
 A quantized Linear with a static input quantizer becomes ``QuantizeLinear`` (its trained range) ->
 ``com.microsoft.MatMulIntegerToFloat`` (u8 x s8 integer GEMM, per-output-channel scales and zero
@@ -23,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from amqs.export.materialize import BertArrays, Layer, Matrix
+from amqs.models.family import family_named
 from amqs.export.pack import GraphBuilder, emit_int8_matrix, emit_per_row
 
 OPSET = 18
@@ -83,6 +88,8 @@ def layer_norm(g: GraphBuilder, x: str, norm: tuple[np.ndarray, np.ndarray], eps
 def activation(g: GraphBuilder, x: str, kind: str) -> str:
     if kind == "relu":
         return g.op("Relu", [x])
+    if kind == "tanh":
+        return g.op("Tanh", [x])
     # exact (erf) GELU, as HF's "gelu"; ORT fuses this pattern into its Gelu kernel
     inner = g.op("Erf", [g.op("Div", [x, g.const("sqrt2", np.array(math.sqrt(2.0), np.float32))])])
     one_plus = g.op("Add", [inner, g.const("one", np.array(1.0, np.float32))])
@@ -110,44 +117,60 @@ def constant_output(g: GraphBuilder, like: str, m: Matrix) -> str:
                         g.const(m.name + ".bias", m.bias.astype(np.float32))])
 
 
+def embeddings(g: GraphBuilder, arrays: BertArrays, name: str) -> str:
+    """Word + position (+ token type) embeddings, LayerNorm-ed: ``[B, T, hidden]``."""
+    ids, _, types = INPUTS
+    word = g.op("Gather", [_float_weight(g, arrays.word), ids], axis=0)
+    if arrays.position_offset is None:
+        # positions 0..T-1: the first T rows of the position table (a Slice with a 1-D end; a
+        # Gather over Range(0, T) is what ORT 1.32's GatherToSliceFusion mis-rewrites)
+        seq_len = g.op("Slice", [g.op("Shape", [ids]), g.const("one_1d", np.array([1], np.int64)),
+                                 g.const("two_1d", np.array([2], np.int64))])
+        pos = g.op("Slice", [_float_weight(g, arrays.position), g.const("zero_1d", np.array([0], np.int64)), seq_len,
+                             g.const("zero_1d", np.array([0], np.int64))])
+    else:  # RoBERTa: pad + cumsum(ids != pad) at real tokens, pad at padding
+        pad = g.const("pad_id", np.array(arrays.position_offset, np.int64))
+        real = g.op("Cast", [g.op("Not", [g.op("Equal", [ids, pad])])], to=TensorProto.INT64)
+        count = g.op("CumSum", [real, g.const("axis1_scalar", np.array(1, np.int64))])
+        pos = g.op("Gather", [_float_weight(g, arrays.position), g.op("Add", [g.op("Mul", [count, real]), pad])],
+                   axis=0)
+    x = g.op("Add", [word, pos])
+    if arrays.token_type is not None:
+        x = g.op("Add", [x, g.op("Gather", [_float_weight(g, arrays.token_type), types], axis=0)])
+    return layer_norm(g, x, arrays.emb_norm, arrays.eps, name)
+
+
 def build_model(arrays: BertArrays, *, producer: str = "amqs", doc: str = "") -> onnx.ModelProto:
     """The ONNX model of ``arrays`` (see the module docstring)."""
     g = GraphBuilder()
-    ids, mask_in, types = INPUTS
-    word = g.op("Gather", [_float_weight(g, arrays.word), ids], axis=0)
-    # positions 0..T-1: the first T rows of the position table (a Slice with a 1-D end; a
-    # Gather over Range(0, T) is what ORT 1.32's GatherToSliceFusion mis-rewrites)
-    seq_len = g.op("Slice", [g.op("Shape", [ids]), g.const("one_1d", np.array([1], np.int64)),
-                             g.const("two_1d", np.array([2], np.int64))])
-    pos = g.op("Slice", [_float_weight(g, arrays.position), g.const("zero_1d", np.array([0], np.int64)), seq_len,
-                         g.const("zero_1d", np.array([0], np.int64))])
-    typ = g.op("Gather", [_float_weight(g, arrays.token_type), types], axis=0)
-    x = layer_norm(g, g.op("Add", [g.op("Add", [word, pos]), typ]), arrays.emb_norm, arrays.eps,
-                   "bert.embeddings.LayerNorm")
+    family = family_named(arrays.model_type)
+    _, mask_in, _ = INPUTS
+    x = embeddings(g, arrays, family.own("bert.embeddings.LayerNorm"))
     # HF's extended mask: 0 where attended, finfo(float32).min where masked, shape [B, 1, 1, T]
     keep = g.op("Cast", [g.op("Unsqueeze", [mask_in, g.const("axes12", np.array([1, 2], np.int64))])],
                 to=TensorProto.FLOAT)
     mask = g.op("Mul", [g.op("Sub", [g.const("one", np.array(1.0, np.float32)), keep]),
                         g.const("neg", np.array(np.finfo(np.float32).min, np.float32))])
     for i, layer in enumerate(arrays.layers):
-        p = f"bert.encoder.layer.{i}."
+        p = family.own(f"bert.encoder.layer.{i}") + "."
         ctx = attention(g, x, mask, layer, p)
         att = constant_output(g, x, layer.attn_out) if ctx is None else linear(g, ctx, layer.attn_out)
-        x = layer_norm(g, g.op("Add", [att, x]), layer.attn_norm, arrays.eps, p + "attention.output.LayerNorm")
+        x = layer_norm(g, g.op("Add", [att, x]), layer.attn_norm, arrays.eps,
+                       family.layer_module(i, "attention.output.LayerNorm"))
         if layer.inter.shape[0] == 0:
             ffn = constant_output(g, x, layer.out)
         else:
             ffn = linear(g, activation(g, linear(g, x, layer.inter), arrays.hidden_act), layer.out)
-        x = layer_norm(g, g.op("Add", [ffn, x]), layer.out_norm, arrays.eps, p + "output.LayerNorm")
+        x = layer_norm(g, g.op("Add", [ffn, x]), layer.out_norm, arrays.eps, family.layer_module(i, "output.LayerNorm"))
     ax1 = g.const("axis1", np.array([1], np.int64))
     first = g.op("Squeeze", [g.op("Slice", [x, g.const("start", np.array([0], np.int64)),
                                             g.const("end", np.array([1], np.int64)), ax1]), ax1])
-    pooled = g.op("Tanh", [linear(g, first, arrays.pooler)])
+    pooled = activation(g, linear(g, first, arrays.pooler), arrays.head_act)
     logits = linear(g, pooled, arrays.classifier)
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     num_labels = arrays.classifier.shape[0]
     graph = helper.make_graph(
-        g.nodes, "amqs_bert",
+        g.nodes, f"amqs_{arrays.model_type}",
         [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "length"]) for n in INPUTS],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels])],
         g.initializers,

@@ -1,15 +1,20 @@
-"""Turn a (fake-)quantized HF BERT classifier into plain integer tensors, removing what is pruned.
+"""Turn a (fake-)quantized HF classifier of the BERT family into plain integer tensors, removing what is pruned.
 
-:func:`materialize` reads a ``BertForSequenceClassification`` whose Linears/Embeddings may be
+:func:`materialize` reads a ``BertForSequenceClassification`` (or a RoBERTa or DistilBERT one:
+:mod:`amqs.models.family`) whose Linears/Embeddings may be
 :class:`~amqs.quant.QuantLinear` / :class:`~amqs.quant.QuantEmbedding` and returns a
 :class:`BertArrays`: per matrix the integer codes, per-row bit-widths, scales and zero points
 (the exact numbers the fake-quantized PyTorch model computes with), the static activation
-quantizers, LayerNorms and biases; nothing of PyTorch remains.
+quantizers, LayerNorms and biases; nothing of PyTorch remains. The families differ only in what
+the arrays say: RoBERTa's positions count the non-padding tokens from ``pad_token_id + 1``
+(``position_offset``) and its head is ``classifier.dense`` + tanh + ``classifier.out_proj``;
+DistilBERT has no token-type table and its head is ``pre_classifier`` + ReLU + ``classifier``.
+Matrix names are the model's own module names.
 
 Physical removal (exact, not an approximation): a pruned row of a Linear still outputs its bias,
 so a row can only disappear where that constant can be folded downstream:
 
-- **FFN neurons**: a pruned row ``i`` of ``intermediate.dense`` outputs ``b1[i]``; ``output.dense``
+- **FFN neurons**: a pruned row ``i`` of ``intermediate.dense`` (FFN in) outputs ``b1[i]``; ``output.dense``
   receives the constant ``act(gelu(b1[i]))`` (through its input quantizer), so
   ``W2[:, i] * act(gelu(b1[i]))`` is added to ``output.dense``'s bias and row ``i`` / column ``i``
   are removed.
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from amqs.models.family import Family, UnsupportedModelError, family_of
 from amqs.quant.functions import (
     _effective_bits,
     choose_qparams_minmax,
@@ -127,20 +133,24 @@ class Layer:
 
 @dataclass
 class BertArrays:
-    """Everything the ONNX graph needs, as NumPy arrays."""
+    """Everything the ONNX graph needs, as NumPy arrays (any family of :mod:`amqs.models.family`)."""
 
     word: Matrix
     position: Matrix
-    token_type: Matrix
+    token_type: Optional[Matrix]  # None: the family has no token-type table (DistilBERT)
     emb_norm: tuple[np.ndarray, np.ndarray]
     layers: list[Layer]
-    pooler: Matrix
+    pooler: Matrix  # the head's dense layer on the first token (BERT's pooler)
     classifier: Matrix
     eps: float
     hidden_act: str
+    model_type: str = "bert"
+    head_act: str = "tanh"  # between pooler and classifier: tanh | relu
+    # None: positions 0..T-1; an int p (RoBERTa's pad_token_id): p + the running count of non-p ids, p at padding
+    position_offset: Optional[int] = None
 
     def matrices(self) -> list[Matrix]:
-        out = [self.word, self.position, self.token_type]
+        out = [self.word, self.position] + ([self.token_type] if self.token_type is not None else [])
         for ly in self.layers:
             out += [ly.query, ly.key, ly.value, ly.attn_out, ly.inter, ly.out]
         return out + [self.pooler, self.classifier]
@@ -302,49 +312,88 @@ def remove_heads(layer: Layer) -> Layer:
     )
 
 
-def materialize(model: nn.Module, *, remove_pruned: bool = True) -> BertArrays:
-    """Read a (fake-)quantized ``BertForSequenceClassification`` into :class:`BertArrays`."""
-    model = model.eval()
-    bert = getattr(model, "bert", None)
-    if bert is None or not hasattr(model, "classifier"):
-        raise TypeError(f"export supports BERT sequence classifiers (BertForSequenceClassification); got "
+def _family(model: nn.Module) -> Family:
+    if getattr(model, "config", None) is None or not hasattr(model, "base_model_prefix"):
+        raise TypeError(f"export supports sequence classifiers of the BERT family (BertForSequenceClassification, "
+                        f"RobertaForSequenceClassification, DistilBertForSequenceClassification); got "
                         f"{type(model).__name__}")
-    cfg = model.config
+    family = family_of(model)
+    if type(model).__name__ != family.classifier_class:
+        raise UnsupportedModelError(f"export supports {family.classifier_class} for model_type "
+                                    f"{family.model_type!r}; got {type(model).__name__}")
+    return family
+
+
+def _check_exportable(cfg, family: Family) -> None:
     if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"position_embedding_type={cfg.position_embedding_type!r} is not exportable (absolute only)")
-    if cfg.hidden_act not in SUPPORTED_ACTS:
-        raise ValueError(f"hidden_act={cfg.hidden_act!r} is not exportable; supported: {SUPPORTED_ACTS}")
-    emb = bert.embeddings
-    ln = lambda m: (_np(m.weight), _np(m.bias))  # noqa: E731
-    layers = []
-    for i, blk in enumerate(bert.encoder.layer):
-        p = f"bert.encoder.layer.{i}."
-        att = blk.attention
-        layer = Layer(
-            query=matrix(att.self.query, p + "attention.self.query"),
-            key=matrix(att.self.key, p + "attention.self.key"),
-            value=matrix(att.self.value, p + "attention.self.value"),
-            attn_out=matrix(att.output.dense, p + "attention.output.dense"),
-            attn_norm=ln(att.output.LayerNorm),
-            inter=matrix(blk.intermediate.dense, p + "intermediate.dense"),
-            out=matrix(blk.output.dense, p + "output.dense"),
-            out_norm=ln(blk.output.LayerNorm),
-            num_heads=cfg.num_attention_heads,
-            head_dim=cfg.hidden_size // cfg.num_attention_heads,
-        )
-        if remove_pruned:
-            layer = remove_heads(remove_ffn_neurons(layer, cfg.hidden_act))
-        layers.append(layer)
-    if bert.pooler is None:
-        raise ValueError("export needs the BERT pooler (add_pooling_layer=True), as BertForSequenceClassification has")
-    return BertArrays(
-        word=matrix(emb.word_embeddings, "bert.embeddings.word_embeddings"),
-        position=matrix(emb.position_embeddings, "bert.embeddings.position_embeddings"),
-        token_type=matrix(emb.token_type_embeddings, "bert.embeddings.token_type_embeddings"),
-        emb_norm=ln(emb.LayerNorm),
-        layers=layers,
-        pooler=matrix(bert.pooler.dense, "bert.pooler.dense"),
-        classifier=matrix(model.classifier, "classifier"),
-        eps=float(cfg.layer_norm_eps),
-        hidden_act=cfg.hidden_act,
+    if family.hidden_act(cfg) not in SUPPORTED_ACTS:
+        raise ValueError(f"hidden_act={family.hidden_act(cfg)!r} is not exportable; supported: {SUPPORTED_ACTS}")
+
+
+def _layer(model: nn.Module, family: Family, i: int) -> Layer:
+    """Layer ``i``'s matrices and LayerNorms, read by their BERT-spelled roles (:meth:`Family.layer_module`)."""
+    cfg = model.config
+    get = lambda role: model.get_submodule(family.layer_module(i, role))  # noqa: E731
+    mat = lambda role: matrix(get(role), family.layer_module(i, role))  # noqa: E731
+    return Layer(
+        query=mat("attention.self.query"), key=mat("attention.self.key"), value=mat("attention.self.value"),
+        attn_out=mat("attention.output.dense"), attn_norm=_norm(get("attention.output.LayerNorm")),
+        inter=mat("intermediate.dense"), out=mat("output.dense"), out_norm=_norm(get("output.LayerNorm")),
+        num_heads=cfg.num_attention_heads, head_dim=cfg.hidden_size // cfg.num_attention_heads,
     )
+
+
+def _norm(m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    return _np(m.weight), _np(m.bias)
+
+
+def _head(model: nn.Module, family: Family) -> tuple[Matrix, Matrix]:
+    """The head's two Linears (BERT: pooler.dense, classifier)."""
+    try:
+        first = model.get_submodule(family.head[0])
+    except AttributeError:
+        raise ValueError(f"export needs {family.head[0]} (BERT's pooler: add_pooling_layer=True, as "
+                         f"{family.classifier_class} has)") from None
+    return matrix(first, family.head[0]), matrix(model.get_submodule(family.head[1]), family.head[1])
+
+
+def materialize(model: nn.Module, *, remove_pruned: bool = True) -> BertArrays:
+    """Read a (fake-)quantized sequence classifier of the BERT family into :class:`BertArrays`.
+
+    Example::
+
+        arrays = materialize(student)                        # pruned heads and FFN neurons removed
+        [ly.num_heads for ly in arrays.layers]               # [3, 4]
+    """
+    model = model.eval()
+    family = _family(model)
+    cfg = model.config
+    _check_exportable(cfg, family)
+    act = family.hidden_act(cfg)
+    layers = []
+    for i in range(len(model.get_submodule(family.layers))):
+        layer = _layer(model, family, i)
+        if remove_pruned:
+            layer = remove_heads(remove_ffn_neurons(layer, act))
+        layers.append(layer)
+    table = lambda kind: family.own(f"bert.embeddings.{kind}_embeddings")  # noqa: E731
+    types = table("token_type")
+    emb_norm = model.get_submodule(family.own("bert.embeddings.LayerNorm"))
+    pooler, classifier = _head(model, family)
+    return BertArrays(
+        word=matrix(model.get_submodule(table("word")), table("word")),
+        position=matrix(model.get_submodule(table("position")), table("position")),
+        token_type=matrix(model.get_submodule(types), types) if _has(model, types) else None,
+        emb_norm=_norm(emb_norm), layers=layers, pooler=pooler, classifier=classifier,
+        eps=float(emb_norm.eps), hidden_act=act, model_type=family.model_type, head_act=family.head_act,
+        position_offset=int(cfg.pad_token_id) if family.positions_from_padding else None,
+    )
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

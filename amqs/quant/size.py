@@ -20,7 +20,8 @@ What is counted, per module (each tensor once, even if shared/tied):
 The fp32 reference is the same model with every weight at 32 bits, no qparams
 and no activation quantizers. ``encoder`` = modules under ``encoder_prefix``
 (default :data:`ENCODER_PREFIX` ``"bert.encoder."``: the Transformer layers, without embeddings, which
-is how Q-BERT / AQ-BERT report sizes). Bytes are ``ceil(bits / 8)``.
+is how Q-BERT / AQ-BERT report sizes; a prefix is BERT-spelled and also covers ``roberta.encoder.`` and
+``distilbert.transformer.``: :func:`amqs.models.family.under_prefix`). Bytes are ``ceil(bits / 8)``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from amqs.models.family import under_prefix
 from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.modules import ActQuant, QuantEmbedding, QuantLinear
 
@@ -147,7 +149,7 @@ def model_size(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeRe
         per_module[name] = q
         tot += q
         fp_tot += fp
-        if name.startswith(encoder_prefix) or name == encoder_prefix.rstrip("."):
+        if under_prefix(name, encoder_prefix):
             enc += q
             fp_enc += fp
     to_bytes = lambda bits: math.ceil(bits / 8)  # noqa: E731
@@ -204,4 +206,5 @@ def pruned_fraction(assignment: BitAssignment, encoder_prefix: str | None = ENCO
 
 
 def _modules_under(assignment: BitAssignment, encoder_prefix: str | None) -> list[ModuleBits]:
-    return [mb for name, mb in assignment.modules.items() if encoder_prefix is None or name.startswith(encoder_prefix)]
+    return [mb for name, mb in assignment.modules.items()
+            if encoder_prefix is None or under_prefix(name, encoder_prefix)]

@@ -1,8 +1,10 @@
 """Which modules are quantized: BERT's default name patterns and the regex selection over them.
 
 Module names are the qualified names of ``model.named_modules()`` and patterns are matched with
-``re.fullmatch``. By default only the BERT encoder linears and the three embedding tables are
-quantized; ``bert.pooler.dense`` and ``classifier`` stay in fp32 (as in Q-BERT / AQ-BERT).
+``re.fullmatch``, against each name and its BERT spelling (:func:`amqs.models.family.name_matches`), so the
+BERT-spelled defaults select the same modules of a RoBERTa or a DistilBERT. By default only the encoder
+linears and the embedding tables are quantized; the head (``bert.pooler.dense`` and ``classifier``, or the
+family's) stays in fp32 (as in Q-BERT / AQ-BERT).
 Both :mod:`~amqs.quant.assignment` (building an assignment) and :mod:`~amqs.quant.surgery`
 (applying one) select modules through this file, which depends on neither.
 """
@@ -13,6 +15,8 @@ import re
 from typing import Sequence
 
 from torch import nn
+
+from amqs.models.family import name_matches
 
 # The 6 linears of every Transformer layer: Q, K, V, attention output, FFN in, FFN out.
 BERT_ENCODER_LINEAR_PATTERN = (
@@ -32,8 +36,10 @@ def select_modules(
     """Names of ``module_type`` modules whose name fullmatches any pattern.
 
     Quantized modules count too (``QuantLinear`` is an ``nn.Linear``), so the
-    same patterns can re-select modules after surgery. Names come in model
-    order. Raises ``ValueError`` naming any pattern that matches nothing.
+    same patterns can re-select modules after surgery. A pattern matches a name
+    or its BERT spelling (``distilbert.transformer.layer.0.ffn.lin1`` is
+    ``bert.encoder.layer.0.intermediate.dense``). Names come in model order.
+    Raises ``ValueError`` naming any pattern that matches nothing.
 
     Example:
         >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
@@ -48,7 +54,7 @@ def select_modules(
     for name, module in model.named_modules():
         if not isinstance(module, module_type):
             continue
-        matched = [p for p in compiled if p.fullmatch(name)]
+        matched = [p for p in compiled if name_matches(p, name)]
         for p in matched:
             hits[p.pattern] += 1
         if matched:

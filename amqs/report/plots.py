@@ -23,11 +23,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from amqs.models.family import canonical_name
 from amqs.quant import BitAssignment
 
 PRUNED_COLOR = "#d62728"  # red: nothing like the blues of the kept bit-widths
 BITS_COLORS = {1: "#deebf7", 2: "#9ecae1", 4: "#4292c6", 8: "#08306b", 32: "#252525"}
-# BERT's Linears by their name inside a layer -> short labels.
+# BERT's Linears by their name inside a layer -> short labels (other families through their BERT spelling).
 SHORT = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
          "attention.output.dense": "attn out", "intermediate.dense": "FFN in", "output.dense": "FFN out"}
 _LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.(.+)$")
@@ -119,7 +120,7 @@ def encoder_rows(assignment: BitAssignment) -> list[tuple[str, tuple[int, ...]]]
     """
     rows = []
     for order, (name, mb) in enumerate(assignment.modules.items()):
-        m = _LAYER.search(name)
+        m = _LAYER.search(canonical_name(name))
         if mb.kind == "linear" and m:
             rows.append((int(m[1]), order, f"L{m[1]} {SHORT.get(m[2], m[2])}", mb.bits))
     return [(label, bits) for _, _, label, bits in sorted(rows)]

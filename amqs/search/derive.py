@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from amqs.models.family import name_matches
 from amqs.quant.assignment import BitAssignment, ModuleBits
 from amqs.quant.modules import QuantEmbedding
 from amqs.search.objective import Budget, resolve_budget, size_base
@@ -148,14 +149,14 @@ def assignment_entries(model: nn.Module, space: SearchSpace,
         >>> entries = assignment_entries(model, space, {n: (8,) * m.num_subgroups  # doctest: +SKIP
         ...                                              for n, m in supernet_modules(model).items()})
     """
-    emb = re.compile(space.embeddings)
+    emb = re.compile(space.embeddings)  # matched on the name or its BERT spelling, as every space pattern
     out: dict[str, ModuleBits] = {}
     for name, m in model.named_modules():
         if isinstance(m, (SupernetLinear, SupernetEmbedding)):
             bits = bits_of[name]
             kind = "linear" if isinstance(m, SupernetLinear) else "embedding"
             out[name] = ModuleBits(len(bits), bits, *m.weight.shape, kind)
-        elif isinstance(m, QuantEmbedding) and space.embedding_bits is not None and emb.fullmatch(name):
+        elif isinstance(m, QuantEmbedding) and space.embedding_bits is not None and name_matches(emb, name):
             out[name] = ModuleBits(m.num_subgroups, tuple(m.bits.tolist()), *m.weight.shape, "embedding")
     return out
 

@@ -35,8 +35,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from amqs.models.family import canonical_name, family_of
 from amqs.search.supernet import supernet_modules
 
+# BERT-spelled (amqs.models.family): the searched modules are looked up by their BERT spelling in every family
 VALUE = "bert.encoder.layer.{}.attention.self.value"
 INTER = "bert.encoder.layer.{}.intermediate.dense"
 
@@ -111,7 +113,7 @@ def kept_counts(model: nn.Module, table: LatencyTable,
         >>> heads, neurons = kept_counts(supernet, table)  # doctest: +SKIP
     """
     probs = probs or (lambda m: m.choice_probs())
-    mods = supernet_modules(model)
+    mods = {canonical_name(n): m for n, m in supernet_modules(model).items()}
     heads, neurons = [], []
     for layer in range(table.layers):
         v, inter = mods.get(VALUE.format(layer)), mods.get(INTER.format(layer))
@@ -128,7 +130,7 @@ def check_latency_budget(table: LatencyTable, model: nn.Module, target_ms: float
         >>> check_latency_budget(table, supernet, 12.0)  # doctest: +SKIP
     """
     cfg = model.config
-    geometry = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size)
+    geometry = (cfg.num_hidden_layers, cfg.num_attention_heads, family_of(model).ffn_size(cfg))
     if geometry != (table.layers, table.num_heads, table.intermediate):
         raise ValueError(f"search.latency_table={source}: measured for (layers, heads, FFN) = "
                          f"{(table.layers, table.num_heads, table.intermediate)}, the model has {geometry}")

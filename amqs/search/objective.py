@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from amqs.models.family import under_prefix
 from amqs.quant.budget import BUDGET_KINDS, Budget, budget_target_bits
 from amqs.quant.size import ENCODER_PREFIX, model_size, qparam_bits
 from amqs.search.latency import LatencyTable, kept_counts, one_hot_probs
@@ -62,7 +63,7 @@ def size_base(model: nn.Module, encoder_prefix: str = ENCODER_PREFIX) -> SizeBas
     report = model_size(model, encoder_prefix)
     fixed, fp32, n = report.encoder_bits, report.fp32_encoder_bits, 0
     for name, m in modules.items():
-        if not name.startswith(encoder_prefix):
+        if not under_prefix(name, encoder_prefix):
             raise ValueError(f"searched module {name} is outside encoder_prefix {encoder_prefix!r}: a space that "
                              "searches outside the encoder needs a whole-model budget (budget.kind=total_bytes or "
                              "total_compression)")

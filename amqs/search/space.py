@@ -21,6 +21,11 @@ accounted under ``encoder_prefix`` unless the budget is a whole-model one (``bud
 names are equal once that group's text is replaced by ``*`` share one logits tensor (e.g.
 ``attention\\.self\\.(query|key|value)$`` ties Q, K and V of a layer, subgroup by subgroup).
 
+Patterns are written in BERT's module names and match every family of :mod:`amqs.models.family`: a module's
+name *and* its BERT spelling are tried (``distilbert.transformer.layer.0.attention.q_lin`` is
+``bert.encoder.layer.0.attention.self.query``), as is ``encoder_prefix``; a tie regex that does not occur in a
+module's own name is searched in its BERT spelling (the tie key is then BERT-spelled).
+
 Example::
 
     space = load_space("structured")            # or a path to any YAML file
@@ -37,6 +42,7 @@ from typing import Any, Mapping
 import yaml
 from torch import nn
 
+from amqs.models.family import canonical_name, name_matches
 from amqs.quant.functions import SCHEMES
 from amqs.quant.targets import BERT_EMBEDDING_PATTERN
 
@@ -175,7 +181,7 @@ class SearchSpace:
 
     def group_index(self, name: str) -> int | None:
         """Index of the first group with a pattern that fullmatches ``name`` (None: not searched)."""
-        return next((i for i, g in enumerate(self.groups) if any(re.fullmatch(p, name) for p in g.modules)), None)
+        return next((i for i, g in enumerate(self.groups) if any(name_matches(p, name) for p in g.modules)), None)
 
     def plan(self, model: nn.Module) -> list[SearchedModule]:
         """Resolve the groups against ``model``'s ``nn.Linear`` and ``nn.Embedding`` modules (model order).
@@ -191,7 +197,7 @@ class SearchSpace:
         head_dim = _head_dim(model)
         for i, g in enumerate(self.groups):
             for p in g.modules:
-                if not any(re.fullmatch(p, n) for n, _ in linears):
+                if not any(name_matches(p, n) for n, _ in linears):
                     raise SpaceError(f"{self.source}: groups[{i}] ({g.name}).modules: pattern r'{p}' "
                                      f"matches no nn.Linear or nn.Embedding of {type(model).__name__}")
         plan: list[SearchedModule] = []
@@ -227,6 +233,9 @@ def _tie_key(name: str, tie: str | None, where: str) -> str:
     if tie is None:
         return name
     m = re.search(tie, name)
+    if m is None:
+        name = canonical_name(name)
+        m = re.search(tie, name)
     if m is None:
         raise SpaceError(f"{where}.tie: r'{tie}' does not occur in module name {name}")
     return name[: m.start(1)] + "*" + name[m.end(1) :]

@@ -29,8 +29,10 @@ from torch import nn
 from amqs.config import ModelConfig, PathsConfig, group_option
 from amqs.data import load_glue, task_spec, make_loader
 from amqs.models import load_classifier
+from amqs.models.family import under_prefix
 from amqs.quant import (ActQuant, BitAssignment, QuantEmbedding, QuantLinear, apply_assignment, extract_assignment,
                         model_size, uniform_assignment)
+from amqs.quant.size import ENCODER_PREFIX
 from amqs.quant.split import split_ternary_linears
 from amqs.quant.targets import DEFAULT_EMBEDDING_PATTERNS, DEFAULT_LINEAR_PATTERNS, select_modules
 from amqs.train.distill import DistillLoss
@@ -457,7 +459,7 @@ def _weight_bits(assignment: Optional[BitAssignment], configured: int) -> float 
     if assignment is None:
         return configured
     return _common_bits([m for n, m in assignment.modules.items()
-                         if m.kind == "linear" and n.startswith("bert.encoder.")], configured)
+                         if m.kind == "linear" and under_prefix(n, ENCODER_PREFIX)], configured)
 
 
 def _emb_bits(assignment: Optional[BitAssignment], configured: int) -> float | int:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from amqs.config import MixedConfig
+from amqs.models.family import under_prefix
 from amqs.quant import BitAssignment, apply_assignment, model_size, quantize_subgroups, to_subgroups
 from amqs.quant.functions import validate_bits
 from amqs.quant.budget import Budget, budget_target_bits
@@ -250,7 +251,7 @@ def mixed_assignment(model: nn.Module, assignment: BitAssignment, batches: Seque
     validate_bits(choices, "mixed.choices")
     if not choices or min(choices) < 1 or max(choices) > 16:
         raise ValueError(f"mixed.choices must be bit-widths in 1..16, got {list(cfg.choices)}")
-    linears = [n for n, mb in assignment.modules.items() if mb.kind == "linear" and n.startswith(encoder_prefix)]
+    linears = [n for n, mb in assignment.modules.items() if mb.kind == "linear" and under_prefix(n, encoder_prefix)]
     if not linears:
         raise ValueError(f"the assignment has no Linear under {encoder_prefix!r} to allocate bits to")
     units: dict[str, list[str]] = {}

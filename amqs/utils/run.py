@@ -78,7 +78,7 @@ _HASHED_WHEN_SET = {("init_from",): None, ("mixed",): None, ("budget",): None, (
                     ("data", "train_file"): None, ("data", "validation_file"): None, ("data", "validation_fraction"): 0.1,
                     ("data", "text_column"): "text", ("data", "text_pair_column"): None, ("data", "label_column"): "label",
                     ("data", "dataset"): None, ("data", "dataset_config"): None, ("data", "train_split"): "train",
-                    ("data", "validation_split"): "validation"}
+                    ("data", "validation_split"): "validation", ("model", "model_type"): None}
 
 
 # The architecture fields of ``model`` became optional (null unless model.source=random); a null one is hashed

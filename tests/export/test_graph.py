@@ -20,9 +20,10 @@ import torch
 
 from amqs.export.graph import build_model
 from amqs.export.materialize import materialize
+from amqs.models.family import uses_token_types
 from amqs.quant import DEFAULT_LINEAR_PATTERNS, ActQuant, apply_assignment, model_size, uniform_assignment
 from tests.export.test_materialize import calibrate, mixed_bits, prune_heads, quant_bert, randomize
-from tests.tiny import batch, tiny_bert
+from tests.tiny import batch, tiny_bert, tiny_model
 
 REL_TOL = 1e-4  # of the largest |logit|; observed differences are ~1e-7 of it
 
@@ -49,9 +50,20 @@ def inputs(seed: int = 7, n: int = 4, length: int = 10) -> dict[str, np.ndarray]
     return {k: v.numpy() for k, v in b.items()}
 
 
+def family_inputs(model_type: str, seed: int = 7, n: int = 4, length: int = 10) -> dict[str, np.ndarray]:
+    """:func:`inputs` as a tokenizer of the family gives them: padding holds the pad id (RoBERTa's positions skip
+    it), and no second token type (RoBERTa has one, DistilBERT none: its graph ignores the input)."""
+    feed = inputs(seed, n, length)
+    feed["input_ids"][feed["attention_mask"] == 0] = 1 if model_type == "roberta" else 0
+    feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+    return feed
+
+
 def torch_logits(model: torch.nn.Module, feed: dict[str, np.ndarray]) -> np.ndarray:
+    types = uses_token_types(model.config)  # a model without token types takes no token_type_ids
     with torch.no_grad():
-        return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        return model(**{k: torch.from_numpy(v) for k, v in feed.items()
+                        if k != "token_type_ids" or types}).logits.numpy()
 
 
 def assert_parity(sess: ort.InferenceSession, model: torch.nn.Module, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -263,3 +275,42 @@ def test_searched_word_embeddings_per_block_match(tmp_path: Path) -> None:
     f_mixed, f_8 = _file_bytes(model, tmp_path / "mixed.onnx"), _file_bytes(calibrate(uniform), tmp_path / "w8.onnx")
     saved = sum((8 - b) * 100 * 128 for b in blocks) // 8  # code bytes of the narrower blocks
     assert saved - 8_000 < f_8 - f_mixed <= saved, (f_8, f_mixed, saved)  # observed: 4.8 KB less than saved
+
+
+# --- RoBERTa and DistilBERT (amqs.models.family) ---------------------------------------------------------------
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_families_match_fake_quant_with_heads_and_neurons_removed(model_type: str) -> None:
+    model = quant_bert(2, prune_heads(mixed_bits(2), {0: [1, 3], 1: [2]}), model_type=model_type)
+    arrays = materialize(model)
+    assert arrays.model_type == model_type and [ly.num_heads for ly in arrays.layers] == [2, 3]
+    assert all(ly.removed_neurons > 0 for ly in arrays.layers)
+    assert (arrays.token_type is None) == (model_type == "distilbert")
+    assert arrays.position_offset == (1 if model_type == "roberta" else None)
+    assert arrays.head_act == ("relu" if model_type == "distilbert" else "tanh")
+    feed = family_inputs(model_type, 3)
+    removed = assert_parity(session(model), model, feed)
+    kept = assert_parity(session(model, remove_pruned=False), model, feed)
+    np.testing.assert_allclose(removed, kept, rtol=0, atol=REL_TOL * float(np.abs(kept).max()))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_family_fp32_and_uniform_models_match_pytorch(model_type: str) -> None:
+    fp32 = randomize(tiny_model(model_type, 7), 7).eval()
+    assert_parity(session(fp32), fp32, family_inputs(model_type, 9))
+    w4 = quant_bert(5, uniform=4, scheme="symmetric", act_symmetric=True, model_type=model_type)
+    assert_parity(session(w4), w4, family_inputs(model_type, 6, n=3, length=17))
+
+
+def test_roberta_positions_follow_the_padding_and_distilbert_ignores_token_types() -> None:
+    roberta = quant_bert(3, mixed_bits(3), model_type="roberta")
+    feed = family_inputs("roberta", 4)
+    feed["input_ids"][0, 2] = 1  # a pad id inside a sequence: the tokens after it move one position back
+    got = assert_parity(session(roberta), roberta, feed)
+    distil = quant_bert(3, mixed_bits(3), model_type="distilbert")
+    sess = session(distil)
+    feed = family_inputs("distilbert", 4)
+    ref = assert_parity(sess, distil, feed)
+    feed["token_type_ids"][:, 5:] = 1
+    np.testing.assert_array_equal(sess.run(["logits"], feed)[0], ref)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert got.shape == ref.shape == (4, 2)

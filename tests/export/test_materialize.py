@@ -1,9 +1,9 @@
 """amqs.export.materialize: fake-quantized BERT -> integer arrays, pruned neurons and heads removed.
 
-Also holds the helpers shared with test_graph.py: a tiny BERT with random (non-zero) biases, so
-that folding the constant output of a removed neuron or head into the next bias is not trivially
-zero (HF initialises biases at 0), quantized with a mixed assignment and calibrated by a few
-train-mode forwards.
+Also holds the helpers shared with test_graph.py: a tiny BERT (or RoBERTa, DistilBERT) with random
+(non-zero) biases, so that folding the constant output of a removed neuron or head into the next bias
+is not trivially zero (HF initialises biases at 0), quantized with a mixed assignment and calibrated
+by a few train-mode forwards. Bit functions see BERT-spelled module names in every family.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from amqs.export.materialize import materialize
+from amqs.models.family import canonical_name, family_of, under_prefix
 from amqs.quant import DEFAULT_LINEAR_PATTERNS, QuantLinear, apply_assignment, uniform_assignment
 from amqs.quant.modules import ActQuant
-from tests.tiny import batch, tiny_bert
+from tests.tiny import batch, tiny_bert, tiny_model
 
 HEAD_DIM = 16  # tiny BERT: hidden 64, 4 heads
 SUBGROUPS = 16  # 4 rows per subgroup in the 64-row matrices, so 4 subgroups per head
@@ -27,12 +28,13 @@ BitsFn = Callable[[str, int], Sequence[int]]
 def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Non-zero biases, non-trivial LayerNorms, a classifier that gives logits of order 1."""
     g = torch.Generator().manual_seed(seed)
+    first, second = family_of(model).head  # BERT: the pooler, then the classifier
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith(("bert.pooler", "classifier")):
+            if name.startswith((first + ".", second + ".")):
                 if name.endswith("weight"):
-                    p.copy_(torch.randn(p.shape, generator=g) * (0.1 if "pooler" in name else 0.3))
-            elif "LayerNorm" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * (0.1 if name.startswith(first + ".") else 0.3))
+            elif "LayerNorm" in canonical_name(name):
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
@@ -59,14 +61,15 @@ def calibrate(model: torch.nn.Module, steps: int = 3) -> torch.nn.Module:
 def quant_bert(seed: int = 0, bits: Optional[BitsFn] = None, *, uniform: int = 8, scheme: str = "minmax",
                act_bits: Optional[int] = 8, act_symmetric: Optional[bool] = None, act_lsq: bool = False,
                patterns: Sequence[str] = DEFAULT_LINEAR_PATTERNS, subgroups=SUBGROUPS, calibrated: bool = True,
-               emb_bits: int = 8, **config) -> torch.nn.Module:
-    """A randomized tiny BERT with an assignment applied (``bits(name, G)`` for the encoder linears)."""
-    model = randomize(tiny_bert(seed, **config), seed)
+               emb_bits: int = 8, model_type: str = "bert", **config) -> torch.nn.Module:
+    """A randomized tiny model of a family with an assignment applied (``bits(bert_name, G)`` for the encoder
+    linears, by their BERT-spelled names)."""
+    model = randomize(tiny_model(model_type, seed, **config), seed)
     a = uniform_assignment(model, patterns, uniform, num_subgroups=subgroups, scheme=scheme, act_bits=act_bits,
                            embedding_bits=emb_bits)
     if bits is not None:
-        a = a.with_bits({n: bits(n, mb.num_subgroups) for n, mb in a.modules.items()
-                         if mb.kind == "linear" and n.startswith("bert.encoder.")})
+        a = a.with_bits({n: bits(canonical_name(n), mb.num_subgroups) for n, mb in a.modules.items()
+                         if mb.kind == "linear" and under_prefix(n, "bert.encoder.")})
     apply_assignment(model, a, act_symmetric=act_symmetric, act_lsq=act_lsq)
     return calibrate(model) if calibrated else model.eval()
 
@@ -205,3 +208,27 @@ def test_disabled_act_quant_gives_weight_only_matrix() -> None:
     assert isinstance(model.bert.encoder.layer[0].output.dense.act_quant, ActQuant)
     arrays = materialize(model)
     assert all(m.act is None for m in arrays.matrices()) and arrays.layers[0].out.codes is not None
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_family_arrays_carry_their_own_module_names(model_type: str) -> None:
+    model = quant_bert(6, mixed_bits(6), model_type=model_type)
+    arrays = materialize(model, remove_pruned=False)
+    family = family_of(model)
+    assert arrays.layers[1].inter.name == family.layer_module(1, "intermediate.dense")
+    assert (arrays.pooler.name, arrays.classifier.name) == family.head
+    for m in arrays.matrices():  # every matrix is the module of that name, its fake-quantized weight exactly
+        module = model.get_submodule(m.name)
+        ref = module.quantized_weight() if hasattr(module, "quantized_weight") else module.weight
+        np.testing.assert_allclose(m.weight, ref.detach().numpy(), rtol=0, atol=1e-6)
+    assert len(arrays.matrices()) == (2 if model_type == "distilbert" else 3) + 12 + 2
+
+
+def test_other_families_are_refused_by_name() -> None:
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    electra = ElectraForSequenceClassification(ElectraConfig(vocab_size=50, embedding_size=32, hidden_size=32,
+                                                             num_hidden_layers=1, num_attention_heads=4,
+                                                             intermediate_size=64))
+    with pytest.raises(ValueError, match="model_type 'electra' is not supported; amqs supports bert, roberta"):
+        materialize(electra)

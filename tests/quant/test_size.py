@@ -16,7 +16,7 @@ from amqs.quant.modules import QuantLinear
 from amqs.quant.size import model_size, qparam_bits, quant_weight_bits, weight_bits_of
 from amqs.quant.surgery import apply_assignment
 
-from tests.tiny import tiny_bert
+from tests.tiny import tiny_bert, tiny_model
 
 H, L, FFN, VOCAB, POS, TYPES, LABELS = 64, 2, 128, 100, 64, 2, 2
 
@@ -113,3 +113,18 @@ def test_shared_parameters_counted_once() -> None:
     a, b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
     b.weight = a.weight
     assert model_size(nn.Sequential(a, b), encoder_prefix="0").total_bits == 16 * 32
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_every_family_has_the_tiny_berts_encoder_bytes(model_type: str) -> None:
+    """The encoder of every family is 6 Linears and 2 LayerNorms per layer: the same bits as BERT's, under its own
+    prefix (roberta.encoder., distilbert.transformer.) through the BERT-spelled default."""
+    model = tiny_model(model_type)
+    assert model_size(model).encoder_bits == FP32_ENCODER_BITS
+    apply_assignment(model, uniform_assignment(model, bits=8, num_subgroups=4, scheme="minmax", act_bits=8))
+    report = model_size(model)
+    assert report.encoder_bits == L * 286_016 and report.encoder_bytes == 71_504  # test_uniform_8bit_minmax's
+    a2 = uniform_assignment(model, bits=2, num_subgroups=4)
+    assert weight_bits_of(a2) == (L * LAYER_WEIGHTS * 2, 2.0)
+    own = "roberta.encoder." if model_type == "roberta" else "distilbert.transformer."
+    assert model_size(model, own).encoder_bits == report.encoder_bits  # the own prefix says the same

@@ -1,4 +1,4 @@
-"""Tests of module selection and in-place surgery on a tiny random BERT."""
+"""Tests of module selection and in-place surgery on a tiny random BERT (and RoBERTa, DistilBERT)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import BertForSequenceClassification
 
+from amqs.models.family import family_of
 from amqs.quant.assignment import BitAssignment, ModuleBits, uniform_assignment
 from amqs.quant.modules import QuantEmbedding, QuantLinear
 from amqs.quant.surgery import (
@@ -18,6 +19,7 @@ from amqs.quant.surgery import (
     quantized_modules,
     select_modules,
 )
+from tests.tiny import FAMILIES, tiny_model
 from tests.tiny import tiny_bert as _tiny_bert
 
 
@@ -138,3 +140,29 @@ def test_training_step_through_quantized_model() -> None:
     query = model.bert.encoder.layer[0].attention.self.query
     for p in (query.weight, query.step, model.bert.embeddings.word_embeddings.step):
         assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_default_assignment_selects_the_six_linears_of_every_layer_in_each_family(model_type: str) -> None:
+    model = tiny_model(model_type).eval()
+    family = family_of(model)
+    inputs = _inputs()
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    assignment = uniform_assignment(model, bits=8, num_subgroups=4)
+    roles = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+             "intermediate.dense", "output.dense")
+    linears = [n for n, m in assignment.modules.items() if m.kind == "linear"]
+    assert linears == [family.layer_module(i, r) for i in range(2) for r in roles]
+    tables = [n for n, m in assignment.modules.items() if m.kind == "embedding"]
+    kinds = ("word", "position") if model_type == "distilbert" else ("word", "position", "token_type")
+    assert tables == [f"{family.base}.embeddings.{k}_embeddings" for k in kinds]
+    apply_assignment(model, assignment)
+    assert all(type(model.get_submodule(n)) is nn.Linear for n in family.head)  # the head stays fp32
+    model.train()
+    with torch.no_grad():
+        model(**inputs)  # calibrate activation ranges
+    model.eval()
+    with torch.no_grad():
+        out = model(**inputs).logits
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05

@@ -11,12 +11,13 @@ import torch
 from amqs.export.materialize import materialize
 from amqs.quant import apply_assignment
 from amqs.search.derive import derived_assignment
-from amqs.search.latency import LatencyTable, kept_counts
+from amqs.models.family import canonical_name
+from amqs.search.latency import LatencyTable, check_latency_budget, kept_counts
 from amqs.search.space import load_space
 from amqs.search.supernet import build_supernet, supernet_modules
 from tests.export.test_materialize import calibrate
 from tests.search.test_supernet import one_hot_logits
-from tests.tiny import tiny_bert
+from tests.tiny import tiny_bert, tiny_model
 
 
 def table(**kw) -> LatencyTable:
@@ -52,19 +53,29 @@ def test_bad_tables_fail_in_one_line(tmp_path: Path) -> None:
     assert LatencyTable.from_json(path) == table()
 
 
-@pytest.mark.parametrize("space_name", ["default", "structured"])
-def test_committed_counts_are_what_the_export_keeps(space_name: str) -> None:
-    model = tiny_bert()
-    space = load_space(space_name)
+def commit_random(model: torch.nn.Module, space, seed: int, edit=lambda name, bits: bits) -> None:
+    """Build the supernet of ``space`` and commit every subgroup to a random choice (``edit(name, bits)`` may change
+    a module's), by one-hot logits."""
     build_supernet(model, space)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, m in supernet_modules(model).items():
             c = m.choices.tolist()
             bits = [c[i] for i in torch.randint(0, len(c), (m.num_subgroups,), generator=gen).tolist()]
-            if name.endswith("layer.0.attention.self.value") or name.endswith("layer.0.attention.self.query"):
-                bits = [0] * (m.num_subgroups // 2) + bits[m.num_subgroups // 2:]  # heads 0 and 1 removed
-            m.arch_logits.copy_(one_hot_logits(bits, tuple(c)))
+            m.arch_logits.copy_(one_hot_logits(edit(name, bits), tuple(c)))
+
+
+@pytest.mark.parametrize("space_name", ["default", "structured"])
+def test_committed_counts_are_what_the_export_keeps(space_name: str) -> None:
+    model = tiny_bert()
+    space = load_space(space_name)
+
+    def heads_0_and_1_removed(name: str, bits: list[int]) -> list[int]:
+        if name.endswith("layer.0.attention.self.value") or name.endswith("layer.0.attention.self.query"):
+            return [0] * (len(bits) // 2) + bits[len(bits) // 2:]
+        return bits
+
+    commit_random(model, space, 0, heads_0_and_1_removed)
     heads, neurons = kept_counts(model, table())
     student = tiny_bert()
     apply_assignment(student, derived_assignment(model, space))
@@ -110,3 +121,19 @@ def test_table_builder_and_check_on_tiny_exports(tmp_path_factory: pytest.TempPa
     # timings of 2 rounds are noise: only that every row has a finite prediction, measurement and error
     assert rows[["predicted_over_full", "measured_over_full", "error"]].notna().all().all()
     assert (rows["predicted_over_full"] > 0).all() and (rows["measured_over_full"] > 0).all()
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_other_families_count_what_their_export_keeps(model_type: str) -> None:
+    """The value / FFN-in matrices are found by their BERT spelling (DistilBERT: v_lin, ffn.lin1)."""
+    model = tiny_model(model_type)
+    space = load_space("structured")
+    commit_random(model, space, 1, lambda name, bits: [0] * len(bits)  # every head of layer 1 (tied Q/K/V)
+                  if canonical_name(name).endswith("layer.1.attention.self.value") else bits)
+    heads, neurons = kept_counts(model, table())
+    check_latency_budget(table(), model, 9.0)  # the model's geometry is the table's (DistilBERT's hidden_dim)
+    student = tiny_model(model_type)
+    apply_assignment(student, derived_assignment(model, space))
+    arrays = materialize(calibrate(student))
+    assert heads.tolist() == [float(ly.num_heads) for ly in arrays.layers] and heads[1] == 0
+    assert neurons.tolist() == [float(ly.inter.shape[0]) for ly in arrays.layers]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import amqs.search.run as search_run
 import amqs.train.qat as qat
 from amqs.finetune import run as finetune
+from amqs.models.family import family_of
 from amqs.quant import BitAssignment
 from amqs.search.app import run as search_app
 from amqs.utils.cli import UserError
@@ -239,3 +240,25 @@ def test_the_lkd_start_fits_the_supernet_weights_and_keeps_its_logits(search_cfg
 
 def _overrides(cfg: DictConfig) -> list[str]:
     return ["debug=smoke", f"paths.results_dir={cfg.paths.results_dir}", f"data.glue_dir={cfg.data.glue_dir}"]
+
+
+@pytest.mark.parametrize("model", ["roberta_tiny", "distilbert_tiny"])
+def test_the_search_runs_on_roberta_and_distilbert(model: str, tmp_path: Path, glue_dir: Path) -> None:
+    """The BERT-spelled structured space on the other families: their own Q/K/V tied per head, FFN-in blocks
+    prunable, the encoder budget met under their own prefix."""
+    overrides = ["debug=smoke", f"model={model}", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}"]
+    finetune(compose_cfg("finetune", overrides))
+    cfg = compose_cfg("search", overrides + ["search.space=structured"])
+    out = tmp_path / "runs" / cfg.name
+    out.mkdir(parents=True)
+    bits = search_run.search(cfg, out)
+    family = family_of(qat.load_teacher(cfg, 2)[0])
+    linears = [n for n, m in bits.modules.items() if m.kind == "linear"]
+    assert linears == [family.layer_module(i, r) for i in range(2) for r in (
+        "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+        "intermediate.dense", "output.dense")]
+    for i in range(2):  # one decision per head for Q, K and V
+        q, k, v = (bits.modules[family.layer_module(i, f"attention.self.{r}")].bits for r in ("query", "key", "value"))
+        assert q == k == v and len(q) == 4
+    assert abs(bits.meta["encoder_bytes"] - bits.meta["target_bytes"]) <= 0.05 * bits.meta["target_bytes"]
+    assert [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines()][-1]["step"] > 0

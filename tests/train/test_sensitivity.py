@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from amqs.config import MixedConfig
+from amqs.models.family import family_of
 from amqs.quant import apply_assignment, model_size, uniform_assignment
 from amqs.search.objective import Budget
 from amqs.train.sensitivity import allocate_bits, fisher_trace, hessian_trace, mixed_assignment, unit_of
-from tests.tiny import batch, tiny_bert
+from tests.tiny import batch, tiny_bert, tiny_model
 
 
 def test_hutchinson_matches_the_exact_trace() -> None:
@@ -110,3 +111,13 @@ def test_hessian_on_bert_gives_a_monotone_assignment_within_budget() -> None:
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="infeasible"):
         mixed_assignment(model, _uniform(model), [batch(0)], cfg, Budget("compression", 1000.0))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
+def test_qbert_units_are_the_layers_of_every_family(model_type: str) -> None:
+    model = tiny_model(model_type)
+    cfg = MixedConfig(batches=1, probes=1, sensitivity="fisher")
+    a = mixed_assignment(model, _uniform(model), [batch(0)], cfg, Budget("avg_bits", 4.0))
+    base = family_of(model).encoder
+    assert sorted(a.meta["unit_bits"]) == [f"{base}.layer.0", f"{base}.layer.1"]
+    assert a.meta["encoder_bytes"] <= a.meta["target_bytes"]
