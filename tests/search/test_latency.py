@@ -120,7 +120,8 @@ def test_table_builder_and_check_on_tiny_exports(tmp_path_factory: pytest.TempPa
     assert len(rows) == 2 and rows.loc[0, "heads"] == 7  # the tiny export removed one head of layer 0
     # timings of 2 rounds are noise: only that every row has a finite prediction, measurement and error
     assert rows[["predicted_over_full", "measured_over_full", "error"]].notna().all().all()
-    assert (rows["predicted_over_full"] > 0).all() and (rows["measured_over_full"] > 0).all()
+    assert (rows["measured_over_full"] > 0).all()  # a ratio of times; the prediction of a 2-round table may be
+    # anything (full + the mean of its variants' deltas, each as noisy as the full model's time under load)
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "distilbert"])
