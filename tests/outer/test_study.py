@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from amqs.finetune import run as finetune
 from amqs.outer.pruning import INTERMEDIATE_ATTR, meets_budget
-from amqs.outer.study import make_storage, run_study
+from amqs.outer.storage import make_storage
+from amqs.outer.study import run_study
 from amqs.report.app import main as report_main
 from amqs.search.app import run as search_app
 from amqs.utils.runconfig import load_run_config
