@@ -1,7 +1,7 @@
 """Where a study lives: an Optuna storage from ``outer.storage``, with heartbeats, checked before any trial.
 
     outer.storage=null                                   # sqlite:///<results_dir>/studies/<name>/study.db
-    outer.storage=postgresql://user:password@host/amqs   # workers on several machines (psycopg2-binary)
+    outer.storage=postgresql://user:password@host/amqs   # workers on several machines (psycopg)
     outer.storage=journal:///shared/studies/big.log      # a shared filesystem and no database server
 
 SQL URLs open Optuna's ``RDBStorage`` (SQLite waits for the file lock; a server is reached once first, so an
@@ -35,7 +35,7 @@ SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")  #
 JOURNAL_SCHEME = "journal"
 HEARTBEAT_ATTR = "amqs_heartbeat"  # a journal trial's last heartbeat (seconds since the epoch)
 STUDY_FILE, DB_FILE = "study.json", "study.db"  # a study folder's description and default SQLite file
-HELP = ("sqlite:///path/study.db, postgresql://user:password@host/db (with psycopg2-binary installed) or "
+HELP = ("sqlite:///path/study.db, postgresql://user:password@host/db (driver: pip install 'psycopg[binary]') or "
         "journal:///path/on/shared/fs/study.log")
 
 
