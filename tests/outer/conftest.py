@@ -25,7 +25,7 @@ def postgres() -> Iterator["object"]:
     folder = tempfile.mkdtemp(prefix="amqs-pg-")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
-        server = pgserver.get_server(folder, cleanup_mode="stop")
+        server = pgserver.get_server(folder, cleanup_mode="delete")
     yield server
     server.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
