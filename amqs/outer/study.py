@@ -12,11 +12,13 @@ config, and runs search -> derive -> retrain -> evaluate (``run_search``) in
 export timed on ONNX Runtime against ORT int8 of the teacher, amqs.outer.latency); dev metrics are only stored
 as user attributes. The search reports intermediate values so hopeless trials are pruned (amqs.outer.pruning).
 
-Storage and resumption: an Optuna RDB storage (SQLite ``study.db`` in the study folder by default,
-any SQLAlchemy URL otherwise) with heartbeats. A worker that dies leaves its trial RUNNING; once
-that trial has had no heartbeat for ``outer.grace_period`` seconds, the next worker (or a rerun of
-the same command) marks it FAILED and the study goes on until ``outer.n_trials`` trials are
-COMPLETE or PRUNED. Several workers may share one storage.
+Storage and resumption (amqs.outer.storage): SQLite ``study.db`` in the study folder by default, a PostgreSQL
+(any SQLAlchemy) URL, or ``journal:///...`` on a shared filesystem, with heartbeats. A worker that dies leaves its
+trial RUNNING; once that trial has had no heartbeat for ``outer.grace_period`` seconds, the next worker (or a rerun
+of the same command) marks it FAILED, queues a copy with its parameters (``outer.stale_retries``), and the study
+goes on until ``outer.n_trials`` trials are COMPLETE or PRUNED. Several workers may share one storage
+(``outer.worker``; conf/hydra/launcher/ starts them from one command). With ``outer.artifacts`` each trial's
+files are also copied to an artifact store any machine can read (amqs.outer.artifacts).
 
 Shared once per study, not per trial: the teacher (resolved and checked before the first trial,
 pinned as an absolute path in every trial's config; a missing one fails with the command that

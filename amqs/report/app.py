@@ -62,8 +62,9 @@ def report(study_dir: Path, storage: Optional[str] = None, study_name: Optional[
         if rows.empty or not isinstance(rows.iloc[0]["run_dir"], str):
             raise ValueError(f"trial {chosen} is not in study {study.study_name} or has no run folder")
         bits_json = study_dir / rows.iloc[0]["run_dir"] / "bits.json"
-        if not bits_json.exists() and study_store(study, artifacts) is not None:
-            fetch_trial(study, chosen, study_dir, study_store(study, artifacts), files=["bits.json"])
+        store = None if bits_json.exists() else study_store(study, artifacts)
+        if store is not None:  # this machine has the storage URL only: the copy in the artifact store
+            fetch_trial(study, chosen, study_dir, store, files=["bits.json"])
         if not bits_json.exists():
             raise FileNotFoundError(f"{bits_json} not found: trial {chosen} did not finish its search")
         a = BitAssignment.from_json(bits_json)
