@@ -5,7 +5,6 @@ import json
 import shutil
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 from optuna.artifacts import FileSystemArtifactStore
