@@ -270,6 +270,15 @@ def _study_info(cfg: DictConfig, setup: StudySetup) -> dict[str, Any]:
             "task": cfg.data.task, "model": cfg.model.name, "command": setup.command}
 
 
+def _without_password(cfg: DictConfig) -> DictConfig:
+    """``cfg`` as the study folder keeps it: the storage URL without its password."""
+    if not cfg.outer.storage:
+        return cfg
+    saved = copy.deepcopy(cfg)
+    saved.outer.storage = safe_url(cfg.outer.storage)
+    return saved
+
+
 def _name_metrics(study: optuna.Study, objectives: list[str]) -> None:
     """Name the study's values after its objectives, so ``optuna.load_study(...).metric_names`` (and Optuna's
     dashboard and plots) say what each one is; a study made before amqs named them gets the names on resume."""
@@ -339,6 +348,8 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
     if outer.n_trials < 1:
         raise ValueError(f"outer.n_trials must be >= 1, got {outer.n_trials}")
     artifacts = make_store(outer.artifacts)  # a missing folder fails here, before any trial
+    if outer.storage:  # the command is written into every trial's metrics.json: never with the password
+        command = command.replace(str(outer.storage), safe_url(outer.storage))
     setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, pinned_teacher(cfg)), command,
                        artifacts=artifacts)
     check_budget_range(space, setup.base)
@@ -346,7 +357,7 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
     if "latency_ms" in objectives:
         setup.latency_reference = reference_int8(setup.dir, setup.base)
     study = _open(cfg, setup)
-    save_config(cfg, setup.dir / "config.yaml")
+    save_config(_without_password(cfg), setup.dir / "config.yaml")
     write_json(setup.dir / STUDY_FILE, _study_info(cfg, setup))
     log.info("study %s in %s: %s", outer.name, setup.dir, _counts(study))
     failures, poll = 0, max(1, min(outer.heartbeat_interval, 10))

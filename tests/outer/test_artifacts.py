@@ -58,14 +58,19 @@ def test_the_report_and_an_export_need_only_the_storage_url(postgres_url: str, t
     shared = tmp_path / "shared-artifacts"
     shared.mkdir()
     overrides = smoke_study(tmp_path / "worker", glue_dir, smoke_teacher)
-    run_study(compose_cfg("search", overrides + [f"outer.storage='{postgres_url}'", f"outer.artifacts={shared}",
-                                                 "outer.artifacts_model=true", "outer.n_trials=2"]))
+    with_password = postgres_url.replace("postgres:@", "postgres:hunter2@")  # the test server trusts its socket
+    storage = f"outer.storage='{with_password}'"
+    run_study(compose_cfg("search", overrides + [storage, f"outer.artifacts={shared}", "outer.artifacts_model=true",
+                                                 "outer.n_trials=2"]), command=f"amqs-search {storage}")
     study = load_study(tmp_path, storage=postgres_url, study_name=STUDY)
     assert study.user_attrs[STORE_ATTR] == str(shared)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert done and all({"bits.json", "metrics.json", "search_log.jsonl", "retrain/train_log.jsonl",
                          "retrain/student.pt"} <= set(t.user_attrs[ARTIFACTS_ATTR]) for t in done)
     worker_dir = tmp_path / "worker" / "studies" / STUDY
+    written = [worker_dir / "config.yaml", worker_dir / "study.json", *worker_dir.glob("runs/*/metrics.json")]
+    assert not [p for p in written if "hunter2" in p.read_text()]  # the URL is kept, its password is not
+    assert "postgres:***@" in (worker_dir / "study.json").read_text()
     bits = {t.number: json.loads((worker_dir / t.user_attrs["run_dir"] / "bits.json").read_text()) for t in done}
     shutil.rmtree(tmp_path / "worker")  # no run folder, no study.json: only the storage URL and the artifact store
 
