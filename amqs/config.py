@@ -373,7 +373,14 @@ class OuterConfig:
     """The Optuna study around the search (``amqs-search outer=optuna``; amqs.outer.study)."""
 
     name: str = "${data.task}-${model.name}-${search.space}"  # results/studies/<name>/
-    storage: Optional[str] = None  # any Optuna RDB URL; None: sqlite in results/studies/<name>/study.db
+    # sqlite:///..., postgresql://user:password@host/db, journal:///shared/path/study.log (amqs.outer.storage);
+    # None: sqlite in results/studies/<name>/study.db
+    storage: Optional[str] = None
+    # A folder on shared storage or s3://bucket/prefix: a copy of every trial's files any machine can read
+    # (amqs.outer.artifacts); None: the trial folders only.
+    artifacts: Optional[str] = None
+    artifacts_model: bool = False  # also copy the retrained student (retrain/student.pt) and the trial's export/
+    worker: int = 0  # this worker's index among those started together (its sampler seed differs)
     n_trials: int = 20  # the study ends with this many COMPLETE + PRUNED trials
     # Registered names (amqs.outer.study.OBJECTIVES), each with its own direction.
     objectives: list[str] = field(default_factory=lambda: ["search_val_accuracy", "encoder_bytes"])
@@ -385,6 +392,7 @@ class OuterConfig:
     heartbeat_interval: int = 30
     grace_period: Optional[int] = None  # None: 4 x heartbeat_interval
     max_consecutive_failures: int = 3  # stop the worker after this many failed trials in a row
+    stale_retries: int = 2  # a dead worker's trial is rerun with its parameters up to this many times
     params: dict[str, ParamSpec] = field(default_factory=dict)  # name -> range (conf/outer/*.yaml)
 
 

@@ -7,6 +7,11 @@ tokenizer, ``bits.json`` and ``metrics.json``
 (the run's metrics plus the export's: file and accounted bytes, removed neurons/heads, and with
 ``--eval`` the dev accuracy of the fake-quantized PyTorch model and of the exported model and their
 largest logit difference). With ``--eval`` a row is also written to ``<results>/exports.csv``.
+
+A trial of an Optuna study: ``amqs-export STUDY_DIR --trial N [--storage URL] --out DIR`` exports
+``STUDY_DIR/runs/trial_<n>``, first downloading what that folder lacks from the study's artifact store (a study
+run with ``outer.artifacts=... outer.artifacts_model=true``; amqs.outer.artifacts), so a machine with only the
+storage URL can export it. The student is rebuilt on the teacher the study pinned, which must be readable there.
 """
 
 from __future__ import annotations
@@ -299,10 +304,25 @@ def _export_row(cfg, run_dir: Path, out: Path, facts: dict, parity: dict, result
     upsert_csv(Path(results_dir) / "exports.csv", row, key=("source", "export"), columns=EXPORT_COLUMNS)
 
 
+EXPORT_NEEDS = ("retrain/student.pt", "retrain/config.yaml", "retrain/metrics.json", "retrain/bits.json")
+
+
+def trial_run(study_dir: Path, trial: int, storage: Optional[str] = None, study: Optional[str] = None,
+              artifacts: Optional[str] = None) -> Path:
+    """The run folder of trial ``trial`` of the study in ``study_dir`` (or at ``storage``), with the files an
+    export needs downloaded from the study's artifact store where the folder lacks them."""
+    from amqs.outer.artifacts import fetch_trial, study_store
+    from amqs.outer.storage import load_study
+
+    s = load_study(study_dir, storage, study)
+    return fetch_trial(s, trial, study_dir, study_store(s, artifacts), files=EXPORT_NEEDS)
+
+
 def parser() -> argparse.ArgumentParser:
     """amqs-export's command line (also parses recorded commands in tests)."""
     p = argparse.ArgumentParser(prog="amqs-export", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path, help="a finished amqs-search / amqs-qat run folder")
+    p.add_argument("run_dir", type=Path, help="a finished amqs-search / amqs-qat run folder (with --trial: the "
+                                              "study folder, results/studies/<name>)")
     p.add_argument("--out", type=Path, required=True, help="the export folder to write")
     p.add_argument("--no-eval", action="store_true", help="skip the dev-set parity check")
     p.add_argument("--keep-pruned", action="store_true",
@@ -311,6 +331,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="onnx",
                    help="onnx: the deployable model (default); hf: the dequantized student as a save_pretrained "
                         "folder that AutoModelForSequenceClassification loads; both: ONNX in --out, HF in --out/hf")
+    p.add_argument("--trial", type=int, default=None, help="export this trial of the study in RUN_DIR")
+    p.add_argument("--storage", default=None, help="with --trial: the study's storage URL (default RUN_DIR/study.db)")
+    p.add_argument("--study", default=None, help="with --trial: the study's name (default: from study.json)")
+    p.add_argument("--artifacts", default=None, help="with --trial: the artifact store as this machine sees it "
+                                                     "(default: the one the study recorded)")
     p.add_argument("--results", type=Path, default=Path("outputs"),
                    help="folder of the exports.csv row (default outputs/; the measured table: --results results)")
     return p
@@ -321,7 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = "amqs-export " + " ".join(sys.argv[1:] if argv is None else argv)
     with user_errors("amqs-export"):
-        r = export_run(args.run_dir, args.out, evaluate=not args.no_eval, remove_pruned=not args.keep_pruned,
+        run_dir = args.run_dir
+        if args.trial is not None:
+            run_dir = trial_run(args.run_dir, args.trial, args.storage, args.study, args.artifacts)
+        r = export_run(run_dir, args.out, evaluate=not args.no_eval, remove_pruned=not args.keep_pruned,
                        threads=args.threads, results_dir=args.results, command=command, fmt=args.fmt)
     print({k: r[k] for k in ("file_bytes", "accounted_bytes", "removed_ffn_fraction") if k in r}
           | {k: v for k, v in r.items() if k.startswith("dev_") or k == "max_logit_diff"})

@@ -1,8 +1,9 @@
 """The Optuna outer loop around the supernet search (issue 5).
 
 :mod:`~amqs.outer.space` (the tuned parameters as validated data), :mod:`~amqs.outer.pruning`
-(intermediate values, pruning for one or several objectives) and :mod:`~amqs.outer.study`
-(storage, resumption, workers, trials). ``amqs-search outer=optuna`` runs it; ``amqs-report``
+(intermediate values, pruning for one or several objectives), :mod:`~amqs.outer.storage` (SQL and journal
+storages with heartbeats), :mod:`~amqs.outer.artifacts` (copies of each trial's files any machine can read) and
+:mod:`~amqs.outer.study` (resumption, workers, trials). ``amqs-search outer=optuna`` runs it; ``amqs-report``
 draws its Pareto front.
 
 Example::

@@ -12,11 +12,13 @@ config, and runs search -> derive -> retrain -> evaluate (``run_search``) in
 export timed on ONNX Runtime against ORT int8 of the teacher, amqs.outer.latency); dev metrics are only stored
 as user attributes. The search reports intermediate values so hopeless trials are pruned (amqs.outer.pruning).
 
-Storage and resumption: an Optuna RDB storage (SQLite ``study.db`` in the study folder by default,
-any SQLAlchemy URL otherwise) with heartbeats. A worker that dies leaves its trial RUNNING; once
-that trial has had no heartbeat for ``outer.grace_period`` seconds, the next worker (or a rerun of
-the same command) marks it FAILED and the study goes on until ``outer.n_trials`` trials are
-COMPLETE or PRUNED. Several workers may share one storage.
+Storage and resumption (amqs.outer.storage): SQLite ``study.db`` in the study folder by default, a PostgreSQL
+(any SQLAlchemy) URL, or ``journal:///...`` on a shared filesystem, with heartbeats. A worker that dies leaves its
+trial RUNNING; once that trial has had no heartbeat for ``outer.grace_period`` seconds, the next worker (or a rerun
+of the same command) marks it FAILED, queues a copy with its parameters (``outer.stale_retries``), and the study
+goes on until ``outer.n_trials`` trials are COMPLETE or PRUNED. Several workers may share one storage
+(``outer.worker``; conf/hydra/launcher/ starts them from one command). With ``outer.artifacts`` each trial's
+files are also copied to an artifact store any machine can read (amqs.outer.artifacts).
 
 Shared once per study, not per trial: the teacher (resolved and checked before the first trial,
 pinned as an absolute path in every trial's config; a missing one fails with the command that
@@ -26,25 +28,26 @@ splits and the teacher from disk (seconds, against minutes of search and retrain
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import logging
 import os
 import shutil
+import socket
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from amqs.outer.artifacts import STORE_ATTR, make_store, store_url, upload_trial
 from amqs.outer.latency import reference_int8, trial_latency
 from amqs.outer.pruning import ProgressReporter, make_pruner
 from amqs.outer.space import ParamSpace, parse_space
+from amqs.outer.storage import DB_FILE, HEARTBEAT_ATTR, STUDY_FILE, experimental, make_storage, safe_url
 from amqs.search.run import run_search
 from amqs.train.loop import NonFiniteLossError
 from amqs.train.qat import resolve_teacher
@@ -67,8 +70,7 @@ REPORTED = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "e
             "expected_over_budget", "repair_fraction", "undecided", "latency_ms", "reference_latency_ms",
             "latency_vs_int8")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-STUDY_FILE = "study.json"  # what amqs-report needs to find the study
-DB_FILE = "study.db"
+WORKER_SEED_STRIDE = 100_003  # outer.worker k samples from seed + k * this: workers started together differ
 
 
 class _SurplusTrial(Exception):
@@ -85,6 +87,7 @@ class StudySetup:
     base: DictConfig  # the resolved config of one run, teacher pinned, before the trial's overrides
     command: str
     latency_reference: Path | None = None  # the latency_ms objective's reference export (amqs.outer.latency)
+    artifacts: Any = None  # the artifact store of outer.artifacts (amqs.outer.artifacts), or None
 
 
 def resolve_objectives(names: Sequence[str]) -> list[str]:
@@ -112,42 +115,6 @@ def study_dir(cfg: DictConfig) -> Path:
 
 def trial_name(number: int) -> str:
     return f"trial_{number:04d}"
-
-
-@contextlib.contextmanager
-def _experimental() -> Iterator[None]:
-    """Silence Optuna's ExperimentalWarning: amqs relies on heartbeats (experimental since Optuna 2.9) and metric
-    names (since 3.2), and says nothing a user could act on by repeating the warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-def make_storage(url: str, heartbeat_interval: int, grace_period: int,
-                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats (SQLite waits for the file lock instead of failing).
-
-    ``on_stale(study, trial)`` runs for each RUNNING trial this process marks FAILED.
-
-    Example:
-        >>> storage = make_storage("sqlite:///results/studies/s/study.db", 30, 120)   # doctest: +SKIP
-    """
-    import sqlalchemy
-
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    for attempt in range(5):
-        try:
-            with _experimental():  # heartbeats
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
-                                                  grace_period=grace_period, heartbeat_stale_trial_callback=on_stale)
-        except (sqlalchemy.exc.ArgumentError, ImportError) as e:
-            raise ValueError(f"outer.storage: {e}. Give an SQLAlchemy URL (sqlite:///path/study.db, "
-                             "postgresql://user:password@host/db with psycopg2 installed, ...)") from e
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            if attempt == 4:
-                raise
-            time.sleep(0.5 * (attempt + 1))  # workers started together race to create the new tables
-    raise AssertionError("unreachable")
 
 
 def make_sampler(cfg: DictConfig | Any, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -246,14 +213,7 @@ def _open(cfg: DictConfig, setup: StudySetup) -> optuna.Study:
     outer = cfg.outer
     url = outer.storage or f"sqlite:///{(setup.dir / DB_FILE).resolve()}"
     grace = outer.grace_period or 4 * outer.heartbeat_interval
-
-    def drop_checkpoint(_: optuna.Study, trial: FrozenTrial) -> None:
-        # A dead worker's trial is never resumed (its replacement samples anew): free its checkpoint.
-        log.warning("trial %d had no heartbeat for %d s (its worker died): marked FAILED", trial.number, grace)
-        if "run_dir" in trial.user_attrs:
-            shutil.rmtree(setup.dir / trial.user_attrs["run_dir"] / "checkpoint", ignore_errors=True)
-
-    storage = make_storage(url, outer.heartbeat_interval, grace, on_stale=drop_checkpoint)
+    storage = make_storage(url, outer.heartbeat_interval, grace, on_stale=_on_stale(setup, grace, outer.stale_retries))
     study = optuna.create_study(study_name=outer.name, storage=storage, load_if_exists=True,
                                 directions=[OBJECTIVES[n] for n in setup.objectives],
                                 pruner=make_pruner(outer.pruner, len(setup.objectives)))
@@ -264,33 +224,71 @@ def _open(cfg: DictConfig, setup: StudySetup) -> optuna.Study:
         study.set_user_attr("amqs_objectives", setup.objectives)
         study.set_user_attr("amqs_space", setup.space.to_dict())
     elif stamped != fp:
-        raise ValueError(f"study {outer.name!r} in {_safe(url)} was made with another config, search space "
+        raise ValueError(f"study {outer.name!r} in {safe_url(url)} was made with another config, search space "
                          f"or objectives ({stamped} != {fp}): its trials would not be comparable. Use the "
                          "original settings, or a new outer.name.")
     _name_metrics(study, setup.objectives)
+    # What a machine with only the storage URL needs (amqs-report, amqs-export --trial): the study's description
+    # and where its trials' files are copied.
+    study.set_user_attr("amqs_info", _study_info(cfg, setup))
+    if outer.artifacts is not None:
+        study.set_user_attr(STORE_ATTR, store_url(outer.artifacts))
     # Resumed and concurrent workers must not replay the first trials' random samples.
-    seed = None if outer.seed is None else outer.seed + len(study.trials)
+    seed = None if outer.seed is None else outer.seed + len(study.trials) + WORKER_SEED_STRIDE * outer.worker
     study.sampler = make_sampler(outer.sampler, seed)
     return study
+
+
+def _on_stale(setup: StudySetup, grace: int, retries: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """What happens to a dead worker's trial once another worker (or a restart) marks it FAILED: its checkpoint is
+    freed (the trial is not resumed) and, up to ``retries`` times, a WAITING copy with its parameters is queued
+    (Optuna's RetryHeartbeatStaleTrialCallback), which the next worker to ask for a trial runs from the start."""
+    with experimental():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        log.warning("trial %d had no heartbeat for %d s (its worker died): marked FAILED%s", trial.number, grace,
+                    ", its parameters queued again" if retries else "")
+        if "run_dir" in trial.user_attrs:
+            shutil.rmtree(setup.dir / trial.user_attrs["run_dir"] / "checkpoint", ignore_errors=True)
+        fresh = copy.copy(trial)
+        fresh.user_attrs = {}  # the rerun gets its own folder, progress, metrics and artifacts
+        fresh.system_attrs = {k: v for k, v in trial.system_attrs.items()
+                              if k != HEARTBEAT_ATTR and not k.startswith("artifacts:")}
+        with experimental():
+            retry(study, fresh)
+
+    return on_stale
+
+
+def _study_info(cfg: DictConfig, setup: StudySetup) -> dict[str, Any]:
+    """``study.json``: what amqs-report needs to find and describe the study."""
+    outer = cfg.outer
+    return {"study_name": outer.name, "storage": DB_FILE if not outer.storage else safe_url(outer.storage),
+            "artifacts": store_url(outer.artifacts), "objectives": setup.objectives,
+            "directions": [OBJECTIVES[n] for n in setup.objectives], "params": setup.space.to_dict(),
+            "task": cfg.data.task, "model": cfg.model.name, "command": setup.command}
+
+
+def _without_password(cfg: DictConfig) -> DictConfig:
+    """``cfg`` as the study folder keeps it: the storage URL without its password."""
+    if not cfg.outer.storage:
+        return cfg
+    saved = copy.deepcopy(cfg)
+    saved.outer.storage = safe_url(cfg.outer.storage)
+    return saved
 
 
 def _name_metrics(study: optuna.Study, objectives: list[str]) -> None:
     """Name the study's values after its objectives, so ``optuna.load_study(...).metric_names`` (and Optuna's
     dashboard and plots) say what each one is; a study made before amqs named them gets the names on resume."""
     if study.metric_names is None:
-        with _experimental():
+        with experimental():
             study.set_metric_names(list(objectives))
 
 
-def _safe(url: str) -> str:
-    """The storage URL without its password (for messages)."""
-    import sqlalchemy
-
-    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-
-
 def _fail_stale(study: optuna.Study) -> None:
-    with _experimental():
+    with experimental():
         optuna.storages.fail_stale_trials(study)
 
 
@@ -305,17 +303,23 @@ def _objective(trial: optuna.Trial, study: optuna.Study, setup: StudySetup, cfg:
         raise _SurplusTrial(f"trial {trial.number}: the study's {cfg.outer.n_trials} slots are taken")
     run_cfg = trial_config(setup.base, setup.space.suggest(trial), setup.dir, trial.number)
     trial.set_user_attr("run_dir", f"runs/{run_cfg.name}")
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    run_dir = setup.dir / "runs" / run_cfg.name
     try:
         metrics = run_search(run_cfg, command=f"{setup.command} (trial {trial.number})",
                              on_progress=ProgressReporter(study, trial, cfg.outer.pruner,
                                                           search_epochs=run_cfg.search.epochs))
-    except optuna.TrialPruned:
-        # A pruned trial never resumes: drop its search checkpoint (hundreds of MB for MiniLM), keep its log.
-        shutil.rmtree(setup.dir / "runs" / run_cfg.name / "checkpoint", ignore_errors=True)
+        if setup.latency_reference is not None:  # the latency_ms objective: the trial's export, timed
+            metrics = {**metrics, **trial_latency(run_dir, setup.latency_reference, cfg.outer.latency)}
+    except (optuna.TrialPruned, NonFiniteLossError) as e:
+        if isinstance(e, optuna.TrialPruned):
+            # A pruned trial never resumes: drop its search checkpoint (hundreds of MB for MiniLM), keep its log.
+            shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        if setup.artifacts is not None:
+            upload_trial(setup.artifacts, trial, run_dir, model=False)
         raise
-    if setup.latency_reference is not None:  # the latency_ms objective: the trial's export, timed
-        metrics = {**metrics, **trial_latency(setup.dir / "runs" / run_cfg.name, setup.latency_reference,
-                                              cfg.outer.latency)}
+    if setup.artifacts is not None:  # a copy of the trial's files any machine can read
+        upload_trial(setup.artifacts, trial, run_dir, model=cfg.outer.artifacts_model)
     for k in REPORTED:
         trial.set_user_attr(k, metrics.get(k))
     values = tuple(float(metrics[n]) for n in setup.objectives)
@@ -343,17 +347,18 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
     make_pruner(outer.pruner, len(objectives))
     if outer.n_trials < 1:
         raise ValueError(f"outer.n_trials must be >= 1, got {outer.n_trials}")
-    setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, pinned_teacher(cfg)), command)
+    artifacts = make_store(outer.artifacts)  # a missing folder fails here, before any trial
+    if outer.storage:  # the command is written into every trial's metrics.json: never with the password
+        command = command.replace(str(outer.storage), safe_url(outer.storage))
+    setup = StudySetup(study_dir(cfg), objectives, space, base_config(cfg, pinned_teacher(cfg)), command,
+                       artifacts=artifacts)
     check_budget_range(space, setup.base)
     setup.dir.mkdir(parents=True, exist_ok=True)
     if "latency_ms" in objectives:
         setup.latency_reference = reference_int8(setup.dir, setup.base)
     study = _open(cfg, setup)
-    save_config(cfg, setup.dir / "config.yaml")
-    write_json(setup.dir / STUDY_FILE, {
-        "study_name": outer.name, "storage": DB_FILE if not outer.storage else None,
-        "objectives": objectives, "directions": [OBJECTIVES[n] for n in objectives],
-        "params": space.to_dict(), "task": cfg.data.task, "model": cfg.model.name, "command": command})
+    save_config(_without_password(cfg), setup.dir / "config.yaml")
+    write_json(setup.dir / STUDY_FILE, _study_info(cfg, setup))
     log.info("study %s in %s: %s", outer.name, setup.dir, _counts(study))
     failures, poll = 0, max(1, min(outer.heartbeat_interval, 10))
     while True:
@@ -380,5 +385,5 @@ def run_study(cfg: DictConfig, command: str = "amqs-search outer=optuna") -> dic
     return {"study": outer.name, "dir": str(setup.dir), **counts, "pareto": pareto}
 
 
-__all__ = ["OBJECTIVES", "REPORTED", "StudySetup", "base_config", "make_sampler", "make_storage", "resolve_objectives",
+__all__ = ["OBJECTIVES", "REPORTED", "StudySetup", "base_config", "make_sampler", "resolve_objectives",
            "pinned_teacher", "run_study", "study_dir", "trial_config", "trial_name"]

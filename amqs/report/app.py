@@ -2,13 +2,16 @@
 
     amqs-report results/studies/sst2-minilm-l6-default
     amqs-report results/studies/big --storage postgresql://user@host/db     # a study kept elsewhere
+    amqs-report /tmp/big --storage journal:///shared/big.log --study big    # on a machine without the run folders
     amqs-report results/studies/quick-sst2-minilm-l6 --trial 4              # draw trial 4's bits
 
 Writes ``pareto.csv`` (every trial: number, state, parameters, objective values, metrics, sizes,
 ``is_pareto``), ``pareto.md``, ``pareto.png`` (search-val and dev accuracy against encoder MB, the
 front highlighted, fp32 and the uniform baselines of ``results/baselines.csv`` as reference points)
 and ``bits_<n>.png`` (the bit allocation of the best search-val Pareto trial, or ``--trial``).
-Safe to run while the study is still going.
+Safe to run while the study is still going. A trial file the folder lacks (this machine has only the storage URL)
+is downloaded from the study's artifact store (``outer.artifacts``; ``--artifacts`` where this machine mounts it
+elsewhere) into ``<study_dir>/runs/trial_<n>/``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from amqs.outer.artifacts import fetch_trial, study_store
 from amqs.quant import BitAssignment
 from amqs.utils.cli import user_errors
 from amqs.report.pareto import (
@@ -31,7 +35,8 @@ from amqs.report.plots import plot_bits, plot_pareto
 
 
 def report(study_dir: Path, storage: Optional[str] = None, study_name: Optional[str] = None,
-           trial: Optional[int] = None, baselines: Optional[Path] = None) -> list[Path]:
+           trial: Optional[int] = None, baselines: Optional[Path] = None,
+           artifacts: Optional[str] = None) -> list[Path]:
     """Write the report files into ``study_dir``; returns their paths.
 
     Example::
@@ -40,7 +45,8 @@ def report(study_dir: Path, storage: Optional[str] = None, study_name: Optional[
     """
     study_dir = Path(study_dir)
     study = load_study(study_dir, storage, study_name)
-    info = study_info(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    info = study_info(study_dir, study)
     df = trials_table(study, study_dir)
     written = [study_dir / "pareto.csv"]
     df.to_csv(written[0], index=False)
@@ -56,6 +62,9 @@ def report(study_dir: Path, storage: Optional[str] = None, study_name: Optional[
         if rows.empty or not isinstance(rows.iloc[0]["run_dir"], str):
             raise ValueError(f"trial {chosen} is not in study {study.study_name} or has no run folder")
         bits_json = study_dir / rows.iloc[0]["run_dir"] / "bits.json"
+        store = None if bits_json.exists() else study_store(study, artifacts)
+        if store is not None:  # this machine has the storage URL only: the copy in the artifact store
+            fetch_trial(study, chosen, study_dir, store, files=["bits.json"])
         if not bits_json.exists():
             raise FileNotFoundError(f"{bits_json} not found: trial {chosen} did not finish its search")
         a = BitAssignment.from_json(bits_json)
@@ -78,11 +87,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--study", default=None, help="study name (default: from study.json)")
     p.add_argument("--trial", type=int, default=None, help="trial whose bits to draw (default: best search-val "
                                                            "accuracy on the front)")
+    p.add_argument("--artifacts", default=None, help="the study's artifact store as this machine sees it (default: "
+                                                     "the outer.artifacts the study recorded)")
     p.add_argument("--baselines", type=Path, default=None, help="baselines CSV (default: results/baselines.csv "
                                                                 "two levels above the study folder)")
     args = p.parse_args(argv)
     with user_errors("amqs-report"):
-        for path in report(args.study_dir, args.storage, args.study, args.trial, args.baselines):
+        for path in report(args.study_dir, args.storage, args.study, args.trial, args.baselines, args.artifacts):
             print(path)
 
 

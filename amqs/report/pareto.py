@@ -22,11 +22,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from amqs.outer.storage import STUDY_FILE, load_study
 from amqs.report.tables import to_markdown
 from amqs.search.diagnostics import MAX_ENTROPY_FRACTION, MAX_REPAIR_FRACTION, run_decision
 
 DIRECTIONS = ("maximize", "minimize")
-STUDY_FILE, DB_FILE = "study.json", "study.db"  # written by amqs.outer.study
 METRICS = ("search_val_accuracy", "search_val_f1", "dev_accuracy", "dev_f1", "encoder_bytes", "total_bytes",
            "fp32_encoder_bytes", "compression", "avg_bits", "pruned_fraction", "target_bytes", "repair_steps",
            "seconds", "entropy_fraction", "expected_over_budget", "repair_fraction", "undecided", "total_compression",
@@ -58,22 +58,13 @@ def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -
     return [p is not None and not any(q is not None and dominates(q, p) for q in pts) for p in pts]
 
 
-def study_info(study_dir: Path) -> dict:
-    """``study.json`` of a study folder ({} when absent)."""
+def study_info(study_dir: Path, study: Optional[optuna.Study] = None) -> dict:
+    """``study.json`` of a study folder; where the folder has none (a machine with only the storage URL), the copy
+    the study keeps in its user attribute ``amqs_info``; {} when neither exists."""
     path = Path(study_dir) / STUDY_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def load_study(study_dir: Path, storage: Optional[str] = None, study_name: Optional[str] = None) -> optuna.Study:
-    """The study of a folder: its ``study.db``, or ``storage`` (a URL) for a study kept elsewhere."""
-    study_dir = Path(study_dir)
-    info = study_info(study_dir)
-    if storage is None:
-        db = study_dir / DB_FILE
-        if not db.exists():
-            raise FileNotFoundError(f"{db} not found: pass --storage URL (the study's outer.storage)")
-        storage = f"sqlite:///{db.resolve()}"
-    return optuna.load_study(study_name=study_name or info.get("study_name"), storage=storage)
+    if path.exists():
+        return json.loads(path.read_text())
+    return dict(study.user_attrs.get("amqs_info") or {}) if study is not None else {}
 
 
 def objective_names(study: optuna.Study) -> list[str]:

@@ -6,6 +6,7 @@
     torchrun --nproc_per_node=2 -m amqs.search.app debug=smoke  # the search on 2 processes (gloo on CPU)
     amqs-search outer=optuna debug=smoke                        # an Optuna study (amqs.outer.study)
     amqs-search -m search.lam=1,50 debug=smoke                  # a sweep: a run folder per job (amqs.utils.sweep)
+    amqs-search -m outer=optuna debug=smoke outer.worker='range(2)' hydra/launcher=workers   # 2 workers, 1 study
 
 Writes ``<paths.results_dir>/runs/<name>/`` (see amqs.search.run; default ``outputs/runs/<task>-<model>-<space>-
 <budget>``) and its row of ``<paths.results_dir>/search.csv``; with ``outer=...``, a study in
@@ -25,7 +26,8 @@ from amqs.outer.study import run_study
 from amqs.search.run import run_search
 from amqs.train.distill import distill_label
 from amqs.utils.cli import user_errors
-from amqs.utils.run import check_results_dir, check_writable, relative_run, run_dir, table_row, upsert_csv
+from amqs.utils.run import (check_results_dir, check_writable, command_line, relative_run, run_dir, table_row,
+                            upsert_csv)
 from amqs.utils.sweep import hydra_job
 
 SEARCH_COLUMNS = ("run", "task", "model", "space", "distill", "teacher", "budget_compression", "lam", "seed",
@@ -61,7 +63,17 @@ register_configs()
 @hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors("amqs-search"):
-        run(cfg, command=hydra_job(cfg, "amqs-search", run_dir))
+        run(cfg, command=_command(cfg))
+
+
+def _command(cfg: DictConfig) -> str:
+    """The command of this job. The jobs of a study's sweep (``-m outer.worker=...``, conf/hydra/launcher/) are
+    workers of one study, which names each trial's folder itself: they keep ``name`` (part of the study's config)."""
+    if cfg.get("outer") is not None:
+        from hydra.core.hydra_config import HydraConfig
+
+        return command_line("amqs-search", list(HydraConfig.get().overrides.task))
+    return hydra_job(cfg, "amqs-search", run_dir)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,14 +12,14 @@ from optuna.trial import TrialState
 
 from amqs.finetune import run as finetune
 from amqs.outer.pruning import INTERMEDIATE_ATTR, meets_budget
-from amqs.outer.study import make_storage, run_study
+from amqs.outer.storage import make_storage
+from amqs.outer.study import run_study
 from amqs.report.app import main as report_main
 from amqs.search.app import run as search_app
 from amqs.utils.runconfig import load_run_config
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import compose_cfg
+from tests.outer.studies import FAST_SEARCH, FINISHED, STUDY, start_worker
 
-STUDY = "sst2-bert-tiny-default"  # outer.name under debug=smoke
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @pytest.fixture
@@ -30,13 +27,7 @@ def overrides(tmp_path: Path, glue_dir: Path) -> list[str]:
     """outer=optuna debug=smoke under tmp_path, with its tiny teacher fine-tuned once."""
     base = ["debug=smoke", f"paths.results_dir={tmp_path}", f"data.glue_dir={glue_dir}", "train.num_threads=1"]
     finetune(compose_cfg("finetune", base))
-    # The architecture moves at every one of a smoke search's 8 steps (conf: every 4th) with AQ-BERT's schedule and
-    # size loss, which walk the argmax itself into the budget within them (the conf's commitment settings bring the
-    # argmax there only late in a search), so the trials report intermediate values (the pruner and the kill test
-    # wait for them).
-    return base + ["outer=optuna", "outer.heartbeat_interval=1", "outer.grace_period=3", "search.arch.every=1",
-                   "search.size_on=argmax", "search.arch.lr=0.05", "search.t_final=null", "search.hard_from=null",
-                   "search.entropy_weight=0"]
+    return base + FAST_SEARCH
 
 
 def _load(tmp_path: Path) -> optuna.Study:
@@ -140,32 +131,9 @@ def test_a_stale_running_trial_is_failed_and_the_study_completes(overrides: list
     assert time.monotonic() - t0 >= 3  # it waited for the grace period: a live worker is not robbed
 
 
-def _worker(overrides: list[str], tmp_path: Path, seed: int, n_trials: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "amqs.search.app", *overrides, f"outer.seed={seed}", f"outer.n_trials={n_trials}",
-           f"hydra.run.dir={tmp_path}/logs/worker{seed}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.mark.slow
-def test_two_workers_share_one_storage(overrides: list[str], tmp_path: Path) -> None:
-    workers = [_worker(overrides, tmp_path, seed, n_trials=3) for seed in (1, 2)]
-    outputs = [w.communicate(timeout=400)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    trials = _load(tmp_path).trials
-    finished = [t for t in trials if t.state in FINISHED]
-    assert len(finished) == 3
-    numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers))
-    # Only a trial asked for after the last slot was taken may fail (and then it ran nothing).
-    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
-    run_dirs = [t.user_attrs["run_dir"] for t in finished]
-    assert len(set(run_dirs)) == 3 and all((tmp_path / "studies" / STUDY / d).is_dir() for d in run_dirs)
-
-
 @pytest.mark.slow
 def test_a_killed_worker_is_failed_on_the_next_start(overrides: list[str], tmp_path: Path) -> None:
-    worker = _worker(overrides, tmp_path, seed=0, n_trials=20)
+    worker = start_worker(overrides, tmp_path / "logs", worker=0, n_trials=20)
     deadline, victim = time.monotonic() + 300, None
     try:
         while victim is None and time.monotonic() < deadline and worker.poll() is None:
